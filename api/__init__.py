@@ -1,0 +1,1 @@
+"""steadychat api: FastAPI app, REST and OpenAI-compatible routes, CLI, web page."""

@@ -1,0 +1,1 @@
+"""steadychat graph: state, context, settings, model loading, the turn graph."""

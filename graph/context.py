@@ -1,0 +1,48 @@
+"""Per-run knobs that travel in LangGraph's runtime context (never checkpointed)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(kw_only=True)
+class Context:
+    """Per-run configuration read by nodes as ``runtime.context`` (``None`` means defaults)."""
+
+    user_id: str = "anonymous"
+    """Owner of the thread; memory is filtered by it when ``cross_thread_memory`` is on."""
+    profile: str = "general"
+    """Generation profile: general, professional, creative, precise."""
+    persona: str | None = None
+    """System prompt variant: None picks the profile's; "customer_service" is one more."""
+    system_prompt: str | None = None
+    """Replaces the role part of the system prompt when given."""
+    top_k: int = 4
+    """Recalled memories per turn."""
+    score_floor: float = 0.0
+    """Recalled memories scoring below this are dropped."""
+    cross_thread_memory: bool = False
+    """Recall from all of this user's threads, not just this one."""
+    context_window: int = 8192
+    """Tokens the model accepts (prompt + reply)."""
+    max_new_tokens: int | None = None
+    """Reply budget; None takes the profile's."""
+    window_tokens: int = 2048
+    """Token budget of the verbatim window; beyond it the oldest turns are folded into L1."""
+    min_window_turns: int = 2
+    """Exchanges always kept verbatim, whatever their size."""
+    l1_max_chunks: int = 6
+    """L1 lines kept before the oldest are folded into L2."""
+    fold_turns: int = 4
+    """Exchanges folded into one L1 line."""
+    model_slot_pass: bool = False
+    """Also ask the model for slots as JSON (off for the tiny model)."""
+    model_summaries: bool = True
+    """Summarize with the model (an extractive summary is the fallback either way)."""
+    generation: dict[str, Any] = field(default_factory=dict)
+    """Per-call overrides passed to the chat model: temperature, top_p, top_k,
+    repetition_penalty, seed, stop, enable_thinking."""
+    cancel_event: threading.Event | None = None
+    """Set by the caller (a disconnected client) to stop generation early."""

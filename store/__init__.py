@@ -1,0 +1,1 @@
+"""steadychat store: checkpointers, vector memory, embeddings, thread lifecycle."""
