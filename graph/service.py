@@ -128,6 +128,10 @@ class ChatService:  # pragma: no cover - contract placeholder, replaced by the i
         """Delete checkpoints, vectors and slots; later writes to it raise ThreadNotFoundError."""
         raise NotImplementedError
 
+    async def reset_thread(self, thread_id: str, *, owner: str | None = None) -> ThreadInfo:
+        """Clear the thread's state, vectors and slots but keep the thread (same id, title)."""
+        raise NotImplementedError
+
     async def history(
         self, thread_id: str, *, owner: str | None = None, limit: int = 50
     ) -> list[CheckpointView]:
