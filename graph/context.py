@@ -44,5 +44,7 @@ class Context:
     generation: dict[str, Any] = field(default_factory=dict)
     """Per-call overrides passed to the chat model: temperature, top_p, top_k,
     repetition_penalty, seed, stop, enable_thinking."""
+    recorded_reply: str | None = None
+    """Store this text as the assistant's reply instead of generating one (transcript replay)."""
     cancel_event: threading.Event | None = None
     """Set by the caller (a disconnected client) to stop generation early."""

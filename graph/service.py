@@ -7,15 +7,36 @@ no partial turn saved on failure or cancellation, deleted threads refuse late wr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import threading
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
 
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import StateSnapshot
 
+from graph.builder import Deps, compile_graph
 from graph.context import Context
+from graph.settings import Settings
 from graph.state import ContextAccount, LongSummary, PendingQuestion, Slot, SummaryChunk
+from nodes.budget import ContextOverflowError
+from nodes.generate_reply import TurnCancelled
+from nodes.postprocess import postprocess_reply
+from nodes.slots import apply_slot_value, clear_slot
+from store.checkpointer import open_checkpointer, prune_checkpoints
+from store.threads import ThreadRegistry, open_thread_registry
+from store.types import Embedder, MemoryStore, ThreadDeletedError
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -105,66 +126,528 @@ class TurnEvent:
     error: ServiceError | None = None
 
 
-# The methods below are the contract; see each docstring. Implementations land in this module.
-class ChatService:  # pragma: no cover - contract placeholder, replaced by the implementation
+class _ThreadLocks:
+    """One asyncio lock per thread, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def busy(self, thread_id: str) -> bool:
+        entry = self._locks.get(thread_id)
+        return entry is not None and entry[0].locked()
+
+    @property
+    def waiting(self) -> int:
+        """Turns queued behind another turn of the same thread."""
+        return sum(max(0, users - 1) for _, users in self._locks.values())
+
+    @contextlib.asynccontextmanager
+    async def hold(self, thread_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(thread_id, (asyncio.Lock(), 0))
+        self._locks[thread_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[thread_id]
+            if users <= 1:
+                del self._locks[thread_id]
+            else:
+                self._locks[thread_id] = (lock, users - 1)
+
+
+def _window(values: dict[str, Any]) -> list[WindowMessage]:
+    out: list[WindowMessage] = []
+    for m in values.get("messages") or []:
+        if m.type not in ("human", "ai"):
+            continue
+        out.append(
+            WindowMessage(
+                role="user" if m.type == "human" else "assistant",
+                content=str(m.content),
+                turn=int(m.additional_kwargs.get("turn", 0)),
+                timestamp=m.additional_kwargs.get("timestamp"),
+            )
+        )
+    return out
+
+
+class ChatService:
+    """Runs turns on threads with the guarantees every client relies on.
+
+    Args:
+        graph: The turn graph compiled with ``checkpointer``.
+        chat_model: The model (stateless completions go straight to it).
+        checkpointer: The saver the graph was compiled with.
+        registry: The thread registry (owners, titles, tombstones).
+        memory: Vector memory, or None.
+        defaults: The context every turn starts from (settings-derived).
+        keep_checkpoints: Checkpoints kept per thread after each turn (0 keeps all).
+    """
+
+    def __init__(
+        self,
+        *,
+        graph: CompiledStateGraph,
+        chat_model: BaseChatModel,
+        checkpointer: BaseCheckpointSaver,
+        registry: ThreadRegistry,
+        memory: MemoryStore | None = None,
+        defaults: Context | None = None,
+        keep_checkpoints: int = 20,
+    ) -> None:
+        self.graph = graph
+        self.chat_model = chat_model
+        self.checkpointer = checkpointer
+        self.registry = registry
+        self.memory = memory
+        self.defaults = defaults or Context()
+        self.keep_checkpoints = keep_checkpoints
+        self._locks = _ThreadLocks()
+        self._running: dict[str, threading.Event] = {}
+
+    # -- helpers -----------------------------------------------------------------------------
+    @property
+    def waiting_turns(self) -> int:
+        """Turns waiting for their thread's lock (the queue depth metric)."""
+        return self._locks.waiting
+
+    def context(self, **overrides: Any) -> Context:
+        """The default context with per-run overrides (unknown names raise TypeError)."""
+        return replace(self.defaults, **overrides)
+
+    @staticmethod
+    def _config(thread_id: str) -> RunnableConfig:
+        return {"configurable": {"thread_id": thread_id}}
+
+    async def _info(self, thread_id: str, owner: str | None) -> ThreadInfo:
+        record = await self.registry.get(thread_id)
+        if record is None or (owner is not None and record.owner != owner):
+            raise ThreadNotFoundError(f"thread {thread_id!r} not found")
+        return _to_info(record)
+
+    # -- threads -----------------------------------------------------------------------------
     async def create_thread(
-        self, *, owner: str = "anonymous", thread_id: str | None = None, title: str | None = None,
+        self,
+        *,
+        owner: str = "anonymous",
+        thread_id: str | None = None,
+        title: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> ThreadInfo:
         """Register a thread (id generated when not given; an existing id raises ServiceError)."""
-        raise NotImplementedError
+        thread_id = thread_id or uuid.uuid4().hex
+        if await self.registry.is_deleted(thread_id):
+            raise ServiceError(f"thread id {thread_id!r} belonged to a deleted thread")
+        try:
+            record = await self.registry.create(
+                thread_id, owner=owner, title=title, metadata=metadata or {}
+            )
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from exc
+        return _to_info(record)
+
+    async def ensure_thread(self, thread_id: str, *, owner: str = "anonymous") -> ThreadInfo:
+        """The thread, created for ``owner`` if it does not exist yet."""
+        record = await self.registry.get(thread_id)
+        if record is None:
+            if await self.registry.is_deleted(thread_id):
+                raise ThreadNotFoundError(f"thread {thread_id!r} not found")
+            return await self.create_thread(owner=owner, thread_id=thread_id)
+        if record.owner != owner:
+            raise ThreadNotFoundError(f"thread {thread_id!r} not found")
+        return _to_info(record)
 
     async def get_thread(self, thread_id: str, *, owner: str | None = None) -> ThreadView:
         """The thread's readable state; ThreadNotFoundError if unknown/deleted/other owner."""
-        raise NotImplementedError
+        info = await self._info(thread_id, owner)
+        snapshot = await self.graph.aget_state(self._config(thread_id))
+        values: dict[str, Any] = dict(snapshot.values or {})
+        return ThreadView(
+            info=info,
+            slots=dict(values.get("slots") or {}),
+            summary_l1=list(values.get("summary_l1") or []),
+            summary_l2=values.get("summary_l2"),
+            topic=values.get("topic"),
+            entities=list(values.get("entities") or []),
+            pending_questions=list(values.get("pending_questions") or []),
+            window=_window(values),
+            context_account=values.get("context_account"),
+        )
 
     async def list_threads(
         self, *, owner: str | None = None, limit: int = 20, offset: int = 0
     ) -> tuple[list[ThreadInfo], int]:
         """Threads newest-updated first, and the total count."""
-        raise NotImplementedError
+        records, total = await self.registry.list(owner=owner, limit=limit, offset=offset)
+        return [_to_info(r) for r in records], total
 
     async def delete_thread(self, thread_id: str, *, owner: str | None = None) -> None:
         """Delete checkpoints, vectors and slots; later writes to it raise ThreadNotFoundError."""
-        raise NotImplementedError
+        await self._info(thread_id, owner)
+        # Tombstone first so that nothing new starts, then stop a running turn, then wipe.
+        await self.registry.mark_deleted(thread_id)
+        running = self._running.get(thread_id)
+        if running is not None:
+            running.set()
+        async with self._locks.hold(thread_id):
+            await self.checkpointer.adelete_thread(thread_id)
+            if self.memory is not None:
+                await asyncio.to_thread(self.memory.delete_thread, thread_id)
 
     async def reset_thread(self, thread_id: str, *, owner: str | None = None) -> ThreadInfo:
         """Clear the thread's state, vectors and slots but keep the thread (same id, title)."""
-        raise NotImplementedError
+        await self._info(thread_id, owner)
+        async with self._locks.hold(thread_id):
+            await self.checkpointer.adelete_thread(thread_id)
+            if self.memory is not None:
+                await asyncio.to_thread(self.memory.delete_thread, thread_id)
+                await asyncio.to_thread(self.memory.forget_thread_tombstone, thread_id)
+            await self.registry.touch(thread_id, turns=0)
+        return await self._info(thread_id, owner)
 
     async def history(
         self, thread_id: str, *, owner: str | None = None, limit: int = 50
     ) -> list[CheckpointView]:
         """Checkpoints of the thread, newest first."""
-        raise NotImplementedError
+        await self._info(thread_id, owner)
+        out: list[CheckpointView] = []
+        async for snap in self.graph.aget_state_history(self._config(thread_id), limit=limit):
+            values = snap.values or {}
+            out.append(
+                CheckpointView(
+                    checkpoint_id=str(snap.config["configurable"]["checkpoint_id"]),
+                    created_at=str(snap.created_at),
+                    step=int((snap.metadata or {}).get("step", 0)),
+                    source=str((snap.metadata or {}).get("source", "")),
+                    turn=int(values.get("turn", 0)),
+                    next=list(snap.next),
+                    messages=len(values.get("messages") or []),
+                )
+            )
+        return out
 
     async def update_slots(
         self, thread_id: str, changes: dict[str, str | None], *, owner: str | None = None
     ) -> dict[str, Slot]:
         """Correct (str) or clear (None) slots; the old value goes to the slot's history."""
-        raise NotImplementedError
+        await self._info(thread_id, owner)
+        async with self._locks.hold(thread_id):
+            config = self._config(thread_id)
+            snapshot = await self.graph.aget_state(config)
+            values = snapshot.values or {}
+            current: dict[str, Slot] = dict(values.get("slots") or {})
+            turn = int(values.get("turn") or 0)
+            updates: dict[str, Slot] = {}
+            for name, value in changes.items():
+                if value is None:
+                    if name not in current:
+                        raise ServiceError(f"slot {name!r} does not exist")
+                    cleared = clear_slot(current[name], turn=turn)
+                    if cleared is not None:
+                        updates[name] = cleared
+                else:
+                    slot = apply_slot_value(
+                        current.get(name), value, turn=turn, source="user", evidence=""
+                    )
+                    if slot is not None:
+                        updates[name] = slot
+            if updates:
+                await self.graph.aupdate_state(config, {"slots": updates}, as_node="remember")
+            current.update(updates)
+            return current
 
+    # -- turns -------------------------------------------------------------------------------
     async def run_turn(
-        self, thread_id: str, text: str, *, owner: str | None = None,
-        context: Context | None = None, timestamp: datetime | None = None, wait: bool = True,
+        self,
+        thread_id: str,
+        text: str,
+        *,
+        owner: str | None = None,
+        context: Context | None = None,
+        timestamp: datetime | None = None,
+        wait: bool = True,
     ) -> TurnResult:
         """Run one turn to completion. ``wait=False`` raises ThreadBusyError instead of queueing."""
-        raise NotImplementedError
+        result: TurnResult | None = None
+        async for event in self.stream_turn(
+            thread_id, text, owner=owner, context=context, timestamp=timestamp, wait=wait
+        ):
+            if event.type == "error" and event.error is not None:
+                raise event.error
+            if event.type == "done":
+                result = event.result
+        assert result is not None
+        return result
 
-    def stream_turn(
-        self, thread_id: str, text: str, *, owner: str | None = None,
-        context: Context | None = None, timestamp: datetime | None = None, wait: bool = True,
+    async def stream_turn(
+        self,
+        thread_id: str,
+        text: str,
+        *,
+        owner: str | None = None,
+        context: Context | None = None,
+        timestamp: datetime | None = None,
+        wait: bool = True,
     ) -> AsyncIterator[TurnEvent]:
         """Like run_turn, yielding tokens. Closing the iterator early cancels the turn and
-        saves nothing of it."""
-        raise NotImplementedError
+        saves nothing of it. Errors before the first token are raised, later ones yielded."""
+        if not isinstance(text, str) or not text.strip():
+            raise ServiceError("the message is empty")
+        await self._info(thread_id, owner)
+        if not wait and self._locks.busy(thread_id):
+            raise ThreadBusyError(f"a turn is already running on thread {thread_id!r}")
+        ctx = replace(context or self.defaults, cancel_event=threading.Event())
+        queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
+        task = asyncio.create_task(self._turn_task(thread_id, text, owner, ctx, timestamp, queue))
+        finished = False
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    finished = True
+                    break
+                yield event
+        finally:
+            if not finished:
+                assert ctx.cancel_event is not None
+                ctx.cancel_event.set()
+            # The task rolls back and releases the lock itself; wait so the caller knows the
+            # thread is consistent when the iterator is closed.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
 
+    async def _turn_task(
+        self,
+        thread_id: str,
+        text: str,
+        owner: str | None,
+        ctx: Context,
+        timestamp: datetime | None,
+        queue: asyncio.Queue[TurnEvent | None],
+    ) -> None:
+        assert ctx.cancel_event is not None
+        try:
+            async with self._locks.hold(thread_id):
+                record = await self.registry.get(thread_id)
+                if record is None or (owner is not None and record.owner != owner):
+                    raise ThreadNotFoundError(f"thread {thread_id!r} not found")
+                if owner is not None and ctx.user_id == Context().user_id:
+                    ctx = replace(ctx, user_id=owner)
+                self._running[thread_id] = ctx.cancel_event
+                try:
+                    result = await self._run_locked(thread_id, text, ctx, timestamp, queue)
+                finally:
+                    self._running.pop(thread_id, None)
+                await queue.put(TurnEvent(type="done", result=result))
+        except ServiceError as exc:
+            await queue.put(TurnEvent(type="error", error=exc))
+        except Exception as exc:  # the stream consumer decides how to report it
+            log.exception("turn failed on thread %s", thread_id)
+            await queue.put(TurnEvent(type="error", error=ServiceError(f"the turn failed: {exc}")))
+        finally:
+            await queue.put(None)
+
+    async def _run_locked(
+        self,
+        thread_id: str,
+        text: str,
+        ctx: Context,
+        timestamp: datetime | None,
+        queue: asyncio.Queue[TurnEvent | None],
+    ) -> TurnResult:
+        assert ctx.cancel_event is not None
+        config = self._config(thread_id)
+        before = await self.graph.aget_state(config)
+        before_id = before.config["configurable"].get("checkpoint_id") if before.values else None
+        kwargs: dict[str, Any] = {}
+        if timestamp is not None:
+            stamp = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
+            kwargs["timestamp"] = stamp.isoformat()
+        user = HumanMessage(content=text, additional_kwargs=kwargs)
+        try:
+            # aclosing: LangGraph writes its exit checkpoint when the stream closes, so it must
+            # be closed before a rollback, never after it.
+            async with contextlib.aclosing(
+                self.graph.astream(
+                    {"messages": [user]},
+                    config,
+                    context=ctx,
+                    stream_mode="messages",
+                    durability="exit",
+                )
+            ) as stream:
+                async for chunk, meta in stream:
+                    if ctx.cancel_event.is_set():
+                        raise TurnCancelledError("the turn was cancelled")
+                    if (
+                        meta.get("langgraph_node") == "generate_reply"
+                        and isinstance(chunk, AIMessageChunk)
+                        and chunk.content
+                    ):
+                        await queue.put(TurnEvent(type="token", text=str(chunk.content)))
+            if ctx.cancel_event.is_set():
+                raise TurnCancelledError("the turn was cancelled")
+        except BaseException as exc:
+            await self._rollback(thread_id, before if before_id else None)
+            if isinstance(exc, ServiceError):
+                raise
+            if isinstance(exc, ContextOverflowError):
+                raise ContextLengthError(str(exc)) from exc
+            if isinstance(exc, TurnCancelled):
+                raise TurnCancelledError(str(exc)) from exc
+            if isinstance(exc, ThreadDeletedError):
+                raise ThreadNotFoundError(f"thread {thread_id!r} was deleted") from exc
+            raise
+        after = await self.graph.aget_state(config)
+        values = after.values or {}
+        turn = int(values.get("turn") or 0)
+        account: ContextAccount = values.get("context_account") or {}
+        last = (values.get("messages") or [None])[-1]
+        reply = str(last.content) if last is not None and last.type == "ai" else ""
+        finish = (last.response_metadata or {}).get("finish_reason", "stop") if last else "stop"
+        usage = dict(account.get("usage") or {})
+        usage.setdefault("prompt_tokens", int(account.get("total", 0)))
+        usage.setdefault("completion_tokens", 0)
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        await self.registry.touch(thread_id, turns=turn)
+        if self.keep_checkpoints > 0:
+            try:
+                await prune_checkpoints(self.checkpointer, thread_id, keep=self.keep_checkpoints)
+            except Exception:  # pruning is housekeeping; the turn is saved either way
+                log.warning("could not prune checkpoints of %s", thread_id, exc_info=True)
+        return TurnResult(
+            thread_id=thread_id,
+            turn=turn,
+            reply=reply,
+            finish_reason=finish,
+            usage=usage,
+            context_account=account,
+        )
+
+    async def _rollback(self, thread_id: str, before: StateSnapshot | None) -> None:
+        """Make the pre-turn checkpoint the latest again (or remove a first, failed turn)."""
+        try:
+            if before is None:
+                await self.checkpointer.adelete_thread(thread_id)
+            else:
+                latest = await self.graph.aget_state(self._config(thread_id))
+                if latest.config["configurable"].get("checkpoint_id") != before.config[
+                    "configurable"
+                ].get("checkpoint_id"):
+                    await self.graph.aupdate_state(before.config, None, as_node="__copy__")
+        except Exception:
+            log.exception("could not roll back thread %s", thread_id)
+
+    # -- stateless ---------------------------------------------------------------------------
     async def complete(self, messages: list[BaseMessage], **generation: Any) -> AIMessage:
         """Stateless completion over the given messages (OpenAI API without a thread)."""
-        raise NotImplementedError
+        reply = await self.chat_model.ainvoke(messages, **generation)
+        return AIMessage(
+            content=postprocess_reply(str(reply.content)),
+            usage_metadata=getattr(reply, "usage_metadata", None),
+            response_metadata=reply.response_metadata,
+        )
 
-    def stream_complete(
+    async def stream_complete(
         self, messages: list[BaseMessage], **generation: Any
     ) -> AsyncIterator[AIMessageChunk]:
         """Stateless streaming completion; closing the iterator stops generation."""
-        raise NotImplementedError
+        cancel = threading.Event()
+        stream = self.chat_model.astream(messages, cancel_event=cancel, **generation)
+        try:
+            async for chunk in stream:
+                yield cast(AIMessageChunk, chunk)
+        finally:
+            cancel.set()
+            await stream.aclose()
+
+    async def ready(self) -> dict[str, bool]:
+        """Readiness of the parts: model loaded, checkpointer and memory reachable."""
+        checks = {"model": self.chat_model is not None}
+        try:
+            await self.registry.list(owner=None, limit=1, offset=0)
+            checks["checkpointer"] = True
+        except Exception:
+            checks["checkpointer"] = False
+        if self.memory is not None:
+            try:
+                await asyncio.to_thread(self.memory.count)
+                checks["memory"] = True
+            except Exception:
+                checks["memory"] = False
+        return checks
+
+
+def _to_info(record: Any) -> ThreadInfo:
+    return ThreadInfo(
+        thread_id=record.thread_id,
+        owner=record.owner,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        turns=record.turns,
+        title=record.title,
+        metadata=dict(record.metadata or {}),
+    )
+
+
+def default_context(settings: Settings) -> Context:
+    """The per-run defaults a deployment's settings imply."""
+    return Context(
+        profile=settings.default_profile,
+        context_window=settings.context_window,
+        max_new_tokens=settings.max_new_tokens,
+        window_tokens=settings.window_tokens,
+        top_k=settings.top_k,
+        cross_thread_memory=settings.cross_thread_memory,
+    )
+
+
+def memory_from_settings(settings: Settings, embedder: Embedder) -> MemoryStore:
+    """Chroma at ``settings.chroma_url`` (a server) or in the local folder of the settings."""
+    from store.vector_memory import ChromaMemory
+
+    if settings.chroma_url:
+        return ChromaMemory.from_url(settings.chroma_url, embedder)
+    return ChromaMemory.persistent(settings.resolved_chroma_path(), embedder)
+
+
+@contextlib.asynccontextmanager
+async def open_service(
+    settings: Settings | None = None,
+    *,
+    chat_model: BaseChatModel | None = None,
+    embedder: Embedder | str | None = None,
+    memory: MemoryStore | None = None,
+) -> AsyncIterator[ChatService]:
+    """Open everything a service needs from settings; parts given as arguments are used as is.
+
+    Args:
+        settings: Deployment settings (built from the environment when None).
+        chat_model: A ready chat model; loaded from ``settings.model`` when None.
+        embedder: An embedder or a name for ``load_embedder``; ``settings.embedder`` when None.
+        memory: A ready vector memory; a Chroma store from settings when None.
+    """
+    from graph.loading import load_chat_model
+    from store.embeddings import load_embedder
+
+    settings = settings or Settings()
+    if chat_model is None:
+        chat_model = await asyncio.to_thread(load_chat_model, settings)
+    if memory is None:
+        emb = embedder if not isinstance(embedder, str | None) else None
+        if emb is None:
+            emb = await asyncio.to_thread(load_embedder, embedder or settings.embedder)
+        memory = await asyncio.to_thread(memory_from_settings, settings, emb)
+    url = settings.resolved_checkpointer_url()
+    async with open_checkpointer(url) as saver, open_thread_registry(url) as registry:
+        graph = compile_graph(Deps(chat_model=chat_model, memory=memory), checkpointer=saver)
+        yield ChatService(
+            graph=graph,
+            chat_model=chat_model,
+            checkpointer=saver,
+            registry=registry,
+            memory=memory,
+            defaults=default_context(settings),
+            keep_checkpoints=settings.keep_checkpoints,
+        )

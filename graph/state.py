@@ -97,7 +97,9 @@ class ContextAccount(TypedDict, total=False):
     """prompt_tokens, completion_tokens, total_tokens of the reply."""
 
 
-def merge_slots(left: dict[str, Slot] | None, right: dict[str, Slot | None] | None) -> dict[str, Slot]:
+def merge_slots(
+    left: dict[str, Slot] | None, right: dict[str, Slot | None] | None
+) -> dict[str, Slot]:
     """Reducer for ``slots``: later entries replace earlier ones; ``None`` deletes a slot.
 
     Nodes compute the full new ``Slot`` (history included) with ``nodes.slots.apply_slot_value``;
@@ -118,6 +120,8 @@ class ChatState(TypedDict, total=False):
     messages: Annotated[list[AnyMessage], add_messages]
     """The verbatim window only: folded turns leave state through ``RemoveMessage``.
     Each message carries ``additional_kwargs`` {"turn": int, "timestamp": ISO-8601 str}."""
+    window_tokens: int
+    """Tokens of the verbatim window (user turn included), counted when the turn began."""
     turn: int
     """Number of user turns taken so far (the current turn while a turn runs)."""
     slots: Annotated[dict[str, Slot], merge_slots]

@@ -12,7 +12,7 @@ class MemoryRecord:
     """One remembered item: a user or assistant turn, or an extracted fact."""
 
     id: str
-    """Deterministic (thread, turn, role, kind), so a retried turn overwrites instead of duplicating."""
+    """Deterministic (thread, turn, role, kind): a retried turn overwrites, never duplicates."""
     text: str
     thread_id: str
     user_id: str
@@ -69,6 +69,10 @@ class MemoryStore(Protocol):
 
     def delete_thread(self, thread_id: str) -> int:
         """Delete every record of the thread and refuse later writes to it; returns the count."""
+        ...
+
+    def forget_thread_tombstone(self, thread_id: str) -> bool:
+        """Accept writes to a deleted thread again (a reset keeps the thread)."""
         ...
 
     def count(self, *, thread_id: str | None = None) -> int: ...

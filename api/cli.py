@@ -1,0 +1,464 @@
+"""The ``steadychat`` command line: a registry of subcommands (chat, build-tiny-model, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+if TYPE_CHECKING:
+    from graph.chat_model import QwenChatModel
+    from graph.settings import Settings
+
+__all__ = [
+    "SUBCOMMANDS",
+    "Conversation",
+    "LocalConversation",
+    "ServiceConversation",
+    "Subcommand",
+    "main",
+    "subcommand",
+]
+
+EXIT_WORDS = frozenset({"exit", "quit", "退出"})
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``steadychat <name>`` command: its arguments and the function that runs it."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+"""Registered subcommands by name; ``main`` builds its parser from them."""
+
+
+def subcommand(
+    name: str, *, help: str, arguments: Callable[[argparse.ArgumentParser], None] | None = None
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Register a function as ``steadychat <name>``.
+
+    Import heavy modules inside the function, not at module level, so that
+    ``steadychat --help`` stays fast.
+
+    Args:
+        name: The subcommand's name.
+        help: One line for ``--help``.
+        arguments: Adds the subcommand's arguments to its parser.
+
+    Returns:
+        A decorator that registers the function (``(args) -> exit code``) and returns it.
+    """
+
+    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        if name in SUBCOMMANDS:
+            raise ValueError(f"subcommand {name!r} is registered twice")
+        SUBCOMMANDS[name] = Subcommand(
+            name=name, help=help, add_arguments=arguments or (lambda _parser: None), run=run
+        )
+        return run
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="steadychat",
+        description="A conversational agent that stays coherent over hundreds of turns.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in SUBCOMMANDS.values():
+        sub = commands.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``steadychat`` with ``argv`` (default: ``sys.argv[1:]``).
+
+    Args:
+        argv: Command-line arguments without the program name.
+
+    Returns:
+        The process exit code.
+    """
+    args = build_parser().parse_args(argv)
+    return int(args._run(args))
+
+
+# ----------------------------------------------------------------------------- chat
+
+
+class Conversation(Protocol):
+    """What the terminal chat talks to: one conversation that streams replies."""
+
+    def stream(self, text: str) -> Iterator[str]:
+        """Send a user message; yield the reply's text as it is generated."""
+        ...
+
+    def reset(self) -> None:
+        """Forget the conversation so far."""
+        ...
+
+    def set_profile(self, name: str) -> None:
+        """Switch the generation profile; raises ``ValueError`` for an unknown name."""
+        ...
+
+
+class LocalConversation:
+    """A conversation kept in memory and sent whole to the chat model each turn."""
+
+    def __init__(self, model: QwenChatModel, *, profile: str = "general") -> None:
+        from graph.profiles import get_profile
+
+        get_profile(profile)
+        self._model = model
+        self._profile = profile
+        self._messages: list = []
+
+    @property
+    def profile(self) -> str:
+        """The current generation profile."""
+        return self._profile
+
+    def set_profile(self, name: str) -> None:
+        """Switch the generation profile for later replies."""
+        from graph.profiles import get_profile
+
+        get_profile(name)
+        self._profile = name
+
+    def reset(self) -> None:
+        """Forget every earlier message."""
+        self._messages.clear()
+
+    def stream(self, text: str) -> Iterator[str]:
+        """Stream the reply to ``text``; the exchange is kept only if the reply completes."""
+        from langchain_core.messages import AIMessage, HumanMessage
+
+        messages = [*self._messages, HumanMessage(text)]
+        parts: list[str] = []
+        for chunk in self._model.stream(messages, profile=self._profile):
+            piece = str(chunk.content)
+            if piece:
+                parts.append(piece)
+                yield piece
+        self._messages.extend([messages[-1], AIMessage("".join(parts))])
+
+
+def run_chat(conversation: Conversation, *, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    """Read user lines from ``stdin`` and print streamed replies until exit or end of input.
+
+    Args:
+        conversation: Where messages go.
+        stdin: User input, one message per line.
+        stdout: Replies, flushed token by token.
+        stderr: Notices and errors.
+
+    Returns:
+        0 on ``exit``/``quit``/``退出`` or end of input, 130 on Ctrl-C at the prompt.
+    """
+    interactive = stdin.isatty()
+    if interactive:
+        print("Type a message; 'reset' clears, '/profile NAME' switches, 'exit' ends.", file=stderr)
+    while True:
+        if interactive:
+            stdout.write("you> ")
+            stdout.flush()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            stdout.write("\n")
+            return 130
+        if not line:
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text.lower() in EXIT_WORDS:
+            return 0
+        if text.lower() == "reset":
+            conversation.reset()
+            print("(conversation cleared)", file=stderr)
+            continue
+        if text.startswith("/profile"):
+            name = text[len("/profile") :].strip()
+            try:
+                conversation.set_profile(name)
+            except ValueError as exc:
+                print(f"error: {exc}", file=stderr)
+            else:
+                print(f"(profile: {name})", file=stderr)
+            continue
+        stdout.write("assistant> ")
+        stdout.flush()
+        replies = conversation.stream(text)
+        try:
+            for piece in replies:
+                stdout.write(piece)
+                stdout.flush()
+        except KeyboardInterrupt:
+            print("\n(interrupted)", file=stderr)
+        except ValueError as exc:
+            print(f"\nerror: {exc}", file=stderr)
+        finally:
+            close = getattr(replies, "close", None)
+            if close is not None:
+                close()  # stops generation when the reply was interrupted
+        stdout.write("\n")
+        stdout.flush()
+
+
+def _chat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", help="HF model id, local folder or 'tiny' (default: STEADYCHAT_MODEL)"
+    )
+    parser.add_argument("--profile", help="general, professional, creative or precise")
+    parser.add_argument("--thread", help="thread id to continue (default: a new thread)")
+    parser.add_argument("--max-new-tokens", type=int, help="reply length limit in tokens")
+
+
+class ServiceConversation:
+    """A conversation on one thread of the turn graph (slots, memory, summaries, checkpoints).
+
+    The service is async; it runs on an event loop in a background thread so that the terminal
+    loop can stay synchronous.
+    """
+
+    def __init__(self, settings: Settings, *, thread_id: str | None = None) -> None:
+        import asyncio
+        import threading
+
+        from graph.service import open_service
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._cm = open_service(settings)
+        self._service = self._call(self._cm.__aenter__())
+        self.thread_id = thread_id or f"cli-{uuid.uuid4().hex[:12]}"
+        self._call(self._service.ensure_thread(self.thread_id))
+        self._profile = settings.default_profile
+
+    def _call(self, coro: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def set_profile(self, name: str) -> None:
+        """Switch the generation profile for later replies."""
+        from graph.profiles import get_profile
+
+        get_profile(name)
+        self._profile = name
+
+    def reset(self) -> None:
+        """Clear the thread (state, slots, vectors); the id stays."""
+        self._call(self._service.reset_thread(self.thread_id))
+
+    def stream(self, text: str) -> Iterator[str]:
+        """Run one turn, yielding tokens; closing early cancels the turn (nothing is saved)."""
+        from graph.service import ServiceError
+
+        context = self._service.context(profile=self._profile)
+        events = self._service.stream_turn(self.thread_id, text, context=context)
+        try:
+            while True:
+                try:
+                    event = self._call(events.__anext__())
+                except StopAsyncIteration:
+                    return
+                except ServiceError as exc:
+                    raise ValueError(str(exc)) from exc
+                if event.type == "token":
+                    yield event.text
+                elif event.type == "error":
+                    raise ValueError(str(event.error))
+        finally:
+            self._call(events.aclose())
+
+    def close(self) -> None:
+        """Close the service and stop its event loop."""
+        self._call(self._cm.__aexit__(None, None, None))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+
+def _settings_from_args(args: argparse.Namespace, **extra: object) -> Settings | None:
+    """Settings from the environment with the command's overrides; None (after printing) if bad."""
+    from graph.settings import Settings
+
+    overrides: dict[str, object] = {k: v for k, v in extra.items() if v is not None}
+    if getattr(args, "model", None):
+        overrides["model"] = args.model
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _quiet_model_loading(settings: Settings) -> None:
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    if settings.model == "tiny":
+        import torch
+
+        # The tiny model's matrices are too small for intra-op threads to pay off.
+        torch.set_num_threads(1)
+
+
+@subcommand("chat", help="chat with the model in the terminal", arguments=_chat_arguments)
+def chat_command(args: argparse.Namespace) -> int:
+    """``steadychat chat``: a streamed terminal conversation on a thread of the turn graph."""
+    settings = _settings_from_args(
+        args, default_profile=args.profile, max_new_tokens=args.max_new_tokens
+    )
+    if settings is None:
+        return 2
+    _quiet_model_loading(settings)
+    try:
+        conversation = ServiceConversation(settings, thread_id=args.thread)
+    except (ValueError, OSError) as exc:
+        print(f"error: cannot start: {exc}", file=sys.stderr)
+        return 1
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+    print(f"(thread {conversation.thread_id})", file=sys.stderr)
+    try:
+        return run_chat(conversation, stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr)
+    finally:
+        conversation.close()
+
+
+# ----------------------------------------------------------------------------- service
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", help="HF model id, local folder or 'tiny' (default: STEADYCHAT_MODEL)"
+    )
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+
+
+@subcommand(
+    "serve", help="run the HTTP service (REST, OpenAI API, web page)", arguments=_serve_arguments
+)
+def serve_command(args: argparse.Namespace) -> int:
+    """``steadychat serve``: the HTTP service on the embedded defaults (SQLite + local Chroma)."""
+    settings = _settings_from_args(args, host=args.host, port=args.port)
+    if settings is None:
+        return 2
+    _quiet_model_loading(settings)
+    from api.serve import serve
+
+    serve(settings)
+    return 0
+
+
+def _replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file", help="JSON list: strings (user turns) or {role, content, timestamp}"
+    )
+    parser.add_argument("--thread", required=True, help="thread to replay into (created if new)")
+    parser.add_argument(
+        "--model", help="HF model id, local folder or 'tiny' (default: STEADYCHAT_MODEL)"
+    )
+
+
+@subcommand(
+    "replay", help="replay a conversation or transcript into a thread", arguments=_replay_arguments
+)
+def replay_command(args: argparse.Namespace) -> int:
+    """``steadychat replay FILE --thread ID``: load a conversation to debug memory."""
+    from pathlib import Path
+
+    settings = _settings_from_args(args)
+    if settings is None:
+        return 2
+    _quiet_model_loading(settings)
+    from api.replay import run_replay
+
+    return run_replay(settings, Path(args.file), args.thread)
+
+
+def _state_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("thread", help="thread id")
+    parser.add_argument(
+        "--model", help="HF model id, local folder or 'tiny' (default: STEADYCHAT_MODEL)"
+    )
+
+
+@subcommand("state", help="print a thread's state as JSON", arguments=_state_arguments)
+def state_command(args: argparse.Namespace) -> int:
+    """``steadychat state ID``: slots, summaries, window and the last context account."""
+    settings = _settings_from_args(args)
+    if settings is None:
+        return 2
+    _quiet_model_loading(settings)
+    from api.replay import run_state
+
+    return run_state(settings, args.thread)
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=["locomo", "long-conversation"], help="which benchmark")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+
+
+@subcommand(
+    "bench", help="run a benchmark (prints ratios against baselines)", arguments=_bench_arguments
+)
+def bench_command(args: argparse.Namespace) -> int:
+    """``steadychat bench NAME``: run one of the benchmarks under bench/."""
+    if args.name == "locomo":
+        from bench.locomo import main as run
+    else:
+        from bench.long_conversation import main as run
+    result = run(args.rest)
+    return int(result or 0)
+
+
+# ----------------------------------------------------------------------------- tiny model
+
+
+def _build_tiny_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="folder to build the model into")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights and tokenizer")
+
+
+@subcommand(
+    "build-tiny-model",
+    help="build the tiny random-weight Qwen3 model used offline",
+    arguments=_build_tiny_arguments,
+)
+def build_tiny_model_command(args: argparse.Namespace) -> int:
+    """``steadychat build-tiny-model PATH``: build (or reuse) the tiny model and print its path."""
+    from graph.tiny_model import build_tiny_model
+
+    try:
+        path = build_tiny_model(args.path, seed=args.seed)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

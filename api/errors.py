@@ -1,0 +1,296 @@
+"""Errors in OpenAI's shape: the ApiError exception and the handlers every route shares."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from graph import service as _service
+from graph.service import (
+    ContextLengthError,
+    ServiceError,
+    ThreadBusyError,
+    ThreadNotFoundError,
+    TurnCancelledError,
+)
+
+logger = logging.getLogger("steadychat.api")
+
+# An internal failure during a turn (the model crashed, a store broke): a 500 whose text is
+# never shown, since it may carry paths or connection strings. Resolved by name so the API
+# builds against a service that does not define it yet.
+_TURN_FAILED: type[ServiceError] | None = getattr(_service, "TurnFailedError", None)
+
+# Clients such as the openai package retry 409 and 5xx on their own; a busy thread or a
+# rejected key would only be hit again, so these answers tell them not to.
+NO_RETRY = {"x-should-retry": "false"}
+
+
+class ErrorDetail(BaseModel):
+    """The inner object of an error response."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API returns: ``{"error": {message, type, param, code}}``."""
+
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    """An error a route raises on purpose; rendered in OpenAI's error shape.
+
+    Args:
+        status: HTTP status code.
+        message: Human-readable explanation for the client.
+        type: OpenAI error type ("invalid_request_error", "authentication_error", ...).
+        param: The request field at fault, when there is one.
+        code: A stable machine-readable code.
+        headers: Extra response headers.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of this error."""
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+    def response(self) -> JSONResponse:
+        """This error as a JSON response."""
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_body(
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """Build ``{"error": {...}}`` in OpenAI's shape.
+
+    Args:
+        message: Human-readable explanation.
+        type: OpenAI error type.
+        param: The request field at fault.
+        code: Stable machine-readable code.
+
+    Returns:
+        The error body as a plain dict.
+    """
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def service_error_to_api(exc: ServiceError) -> ApiError:
+    """Map an error raised by ``ChatService`` to the HTTP error a client sees.
+
+    Args:
+        exc: The service error.
+
+    Returns:
+        The equivalent ApiError (404, 409, 400).
+    """
+    if _TURN_FAILED is not None and isinstance(exc, _TURN_FAILED):
+        return ApiError(
+            500,
+            "The server had an error while generating the reply.",
+            type="server_error",
+            code="turn_failed",
+        )
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, ThreadNotFoundError):
+        return ApiError(404, message, code="thread_not_found")
+    if isinstance(exc, ThreadBusyError):
+        return ApiError(409, message, code="thread_busy", headers=NO_RETRY)
+    if isinstance(exc, ContextLengthError):
+        return ApiError(400, message, param="messages", code="context_length_exceeded")
+    if isinstance(exc, TurnCancelledError):
+        return ApiError(409, message, code="turn_cancelled", headers=NO_RETRY)
+    return ApiError(400, message, code="invalid_request")
+
+
+_STATUS_CODES = {
+    401: ("authentication_error", "unauthorized"),
+    403: ("permission_error", "forbidden"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_error", "rate_limited"),
+}
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str]:
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request.", None, "invalid_request"
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "The request body is not valid JSON.", None, "invalid_json"
+    # ("body", "content") -> "content"; ("query", "limit") -> "limit".
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    msg = str(first.get("msg", "invalid value"))
+    if first.get("type") == "missing" and param:
+        msg = f"'{param}' is required"
+    elif param:
+        msg = f"Invalid '{param}': {msg}"
+    elif first.get("loc", ())[:1] == ("body",):
+        msg = f"Invalid request body: {msg}"
+    extra = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    return msg + extra, param, "invalid_value"
+
+
+async def _api_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _service_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return service_error_to_api(exc).response()
+
+
+async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    message, param, code = _validation_message(exc)
+    return ApiError(400, message, param=param, code=code).response()
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    kind, code = _STATUS_CODES.get(exc.status_code, ("invalid_request_error", None))
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        message = f"Unknown route: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    if exc.status_code >= 500:
+        kind, code = "server_error", None
+    return ApiError(exc.status_code, message, type=kind, code=code, headers=exc.headers).response()
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Install the handlers that render every error in OpenAI's shape.
+
+    Validation errors become 400 (not FastAPI's 422), unknown routes 404, wrong methods 405.
+    Unexpected exceptions are caught by ``CatchAllMiddleware``, installed by ``create_app``.
+
+    Args:
+        app: The application to configure.
+    """
+    app.add_exception_handler(ApiError, _api_error_handler)
+    app.add_exception_handler(ServiceError, _service_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+
+
+class CatchAllMiddleware:
+    """Turn any unhandled exception into a 500 in the error shape, logged, with nothing leaked.
+
+    Starlette's own last-resort handler re-raises after answering; this one answers and keeps
+    the process serving, and stays inside the request-id middleware so the log line carries
+    the request id.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("Unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                # Headers are gone already; all we can do is end the connection.
+                raise
+            body = json.dumps(
+                error_body(
+                    "The server had an error while processing the request.",
+                    type="server_error",
+                    code="internal_error",
+                )
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimitMiddleware:
+    """Refuse a request whose declared body is larger than ``max_bytes`` before reading it.
+
+    Args:
+        app: The wrapped application.
+        max_bytes: Largest ``Content-Length`` accepted.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", []):
+                if name == b"content-length":
+                    try:
+                        size = int(value)
+                    except ValueError:
+                        size = 0
+                    if size > self.max_bytes:
+                        error = ApiError(
+                            413,
+                            f"The request body has {size} bytes; the limit is {self.max_bytes}.",
+                            code="request_too_large",
+                        )
+                        await error.response()(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)

@@ -1,0 +1,246 @@
+"""Idempotency-Key support shared by every POST that runs a turn or creates something.
+
+A retried request with the same key and the same body gets the first result back instead of
+running again. The same key with a different body is refused with 422 and code
+``idempotency_key_reused`` (the status the IETF Idempotency-Key draft recommends). Keys are
+scoped per owner and per route, kept in memory in a bounded LRU with a time to live. Only
+successful results are remembered: after an error a retry runs again. A retry that arrives
+while the first request is still running waits for it and shares its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import Request
+
+from api.errors import ApiError
+
+__all__ = [
+    "IDEMPOTENCY_HEADER",
+    "REPLAY_HEADER",
+    "Claim",
+    "IdempotencyCache",
+    "claim_for_request",
+    "fingerprint",
+    "run_once",
+]
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAY_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+
+T = TypeVar("T")
+
+
+def fingerprint(payload: Any) -> str:
+    """A stable hash of a JSON-able request body (key order does not matter).
+
+    Args:
+        payload: The parsed request body.
+
+    Returns:
+        A hex digest.
+    """
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class _Entry:
+    fingerprint: str
+    expires_at: float
+    done: asyncio.Future[Any] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass
+class Claim:
+    """The outcome of presenting a key: a result to replay, or the right to run once.
+
+    When ``replayed`` is False the caller runs the request, then calls ``finish(result)``
+    on success or ``release()`` on failure (so that a retry may run again).
+    """
+
+    cache: IdempotencyCache | None
+    slot: tuple[str, str, str] | None
+    replayed: bool = False
+    result: Any = None
+    _settled: bool = False
+
+    def finish(self, result: Any) -> None:
+        """Remember ``result`` for retries with the same key and body."""
+        if self.cache is not None and self.slot is not None and not self._settled:
+            self._settled = True
+            self.cache._finish(self.slot, result)
+
+    def release(self) -> None:
+        """Forget the key (the request failed); waiting retries run on their own."""
+        if self.cache is not None and self.slot is not None and not self._settled:
+            self._settled = True
+            self.cache._release(self.slot)
+
+
+class IdempotencyCache:
+    """In-memory, bounded, expiring store of idempotent results.
+
+    Args:
+        max_entries: Keys kept at most; the least recently used go first.
+        ttl_s: Seconds a key is remembered.
+        clock: Monotonic clock (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        ttl_s: float = 24 * 3600,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries < 1 or ttl_s <= 0:
+            raise ValueError("max_entries must be >= 1 and ttl_s > 0")
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _evict(self) -> None:
+        now = self._clock()
+        for slot in [s for s, e in self._entries.items() if e.expires_at <= now]:
+            self._drop(slot)
+        while len(self._entries) > self.max_entries:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+
+    def _drop(self, slot: tuple[str, str, str]) -> None:
+        entry = self._entries.pop(slot, None)
+        if entry is not None and not entry.done.done():
+            entry.done.cancel()
+
+    async def claim(self, *, owner: str, scope: str, key: str, body_hash: str) -> Claim:
+        """Present a key: replay a remembered result, wait for one in flight, or run.
+
+        Args:
+            owner: The caller's owner id (keys of different owners never meet).
+            scope: The route the key belongs to ("POST /threads/{id}/messages").
+            key: The client's Idempotency-Key.
+            body_hash: ``fingerprint`` of the request body.
+
+        Returns:
+            A Claim.
+
+        Raises:
+            ApiError: 422 when the key was used with a different body.
+        """
+        slot = (owner, scope, key)
+        while True:
+            self._evict()
+            entry = self._entries.get(slot)
+            if entry is None:
+                self._entries[slot] = _Entry(body_hash, self._clock() + self.ttl_s)
+                self._evict()
+                return Claim(self, slot)
+            if entry.fingerprint != body_hash:
+                raise ApiError(
+                    422,
+                    "This Idempotency-Key was already used with a different request body.",
+                    param=IDEMPOTENCY_HEADER,
+                    code="idempotency_key_reused",
+                )
+            self._entries.move_to_end(slot)
+            if entry.done.done() and not entry.done.cancelled():
+                return Claim(None, None, replayed=True, result=entry.done.result())
+            try:
+                # shield: a retry that gives up must not cancel the first request's future.
+                result = await asyncio.shield(entry.done)
+            except asyncio.CancelledError:
+                if entry.done.cancelled():
+                    continue  # the first request failed: try to run this one ourselves
+                raise
+            return Claim(None, None, replayed=True, result=result)
+
+    def _finish(self, slot: tuple[str, str, str], result: Any) -> None:
+        entry = self._entries.get(slot)
+        if entry is not None and not entry.done.done():
+            entry.done.set_result(result)
+            entry.expires_at = self._clock() + self.ttl_s
+
+    def _release(self, slot: tuple[str, str, str]) -> None:
+        self._drop(slot)
+
+
+def _read_key(request: Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise ApiError(
+            400,
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
+            param=IDEMPOTENCY_HEADER,
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+async def claim_for_request(request: Request, *, owner: str, payload: Any) -> Claim:
+    """Claim the request's Idempotency-Key, if it has one.
+
+    Without the header the returned claim runs the request and remembers nothing.
+
+    Args:
+        request: The incoming request (its header, route and app's cache are used).
+        owner: The caller's owner id.
+        payload: The JSON-able request body that the key must match.
+
+    Returns:
+        A Claim.
+    """
+    key = _read_key(request)
+    cache: IdempotencyCache | None = getattr(request.app.state, "idempotency", None)
+    if key is None or cache is None:
+        return Claim(None, None)
+    route = request.scope.get("route")
+    scope = f"{request.method} {getattr(route, 'path', request.url.path)}:{request.url.path}"
+    return await cache.claim(owner=owner, scope=scope, key=key, body_hash=fingerprint(payload))
+
+
+async def run_once(
+    request: Request,
+    *,
+    owner: str,
+    payload: Any,
+    run: Callable[[], Awaitable[T]],
+) -> tuple[T, bool]:
+    """Run ``run`` at most once per Idempotency-Key (when the request carries one).
+
+    Args:
+        request: The incoming request.
+        owner: The caller's owner id.
+        payload: The JSON-able request body.
+        run: Produces the result; it must be JSON-able or immutable, as it is shared.
+
+    Returns:
+        The result and whether it was replayed from an earlier request.
+    """
+    claim = await claim_for_request(request, owner=owner, payload=payload)
+    if claim.replayed:
+        return claim.result, True
+    try:
+        result = await run()
+    except BaseException:
+        claim.release()
+        raise
+    claim.finish(result)
+    return result, False

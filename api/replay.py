@@ -1,0 +1,137 @@
+"""`steadychat replay` and `steadychat state`: load conversations into threads and inspect them."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from graph.service import ChatService, ThreadNotFoundError, open_service
+from graph.settings import Settings
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayStep:
+    """One user turn to replay, with the recorded reply when the transcript has one."""
+
+    text: str
+    timestamp: datetime | None = None
+    recorded_reply: str | None = None
+
+
+def parse_transcript(items: Any) -> list[ReplayStep]:
+    """Turn a JSON list into replay steps.
+
+    Plain strings are user turns the model answers. Objects ``{role, content, timestamp?}`` are a
+    recorded transcript: a user object followed by an assistant object is stored as given.
+
+    Raises:
+        ValueError: The JSON is not such a list (the message names the bad item).
+    """
+    if not isinstance(items, list):
+        raise ValueError("the replay file must hold a JSON list")
+    steps: list[ReplayStep] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            steps.append(ReplayStep(text=item))
+            continue
+        if not isinstance(item, dict) or not isinstance(item.get("content"), str):
+            raise ValueError(f"item {i}: expected a string or an object with string 'content'")
+        role = item.get("role", "user")
+        stamp = item.get("timestamp")
+        when = datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+        if role == "user":
+            steps.append(ReplayStep(text=item["content"], timestamp=when))
+        elif role == "assistant":
+            if not steps or steps[-1].recorded_reply is not None:
+                raise ValueError(f"item {i}: an assistant turn must follow a user turn")
+            steps[-1] = dataclasses.replace(steps[-1], recorded_reply=item["content"])
+        else:
+            raise ValueError(f"item {i}: unknown role {role!r} (user or assistant)")
+    return steps
+
+
+async def replay(
+    service: ChatService,
+    thread_id: str,
+    steps: Sequence[ReplayStep],
+    *,
+    owner: str = "anonymous",
+    progress: TextIO | None = None,
+) -> int:
+    """Run ``steps`` on ``thread_id`` (created when missing); returns the last turn number."""
+    await service.ensure_thread(thread_id, owner=owner)
+    turn = 0
+    for i, step in enumerate(steps, 1):
+        ctx = service.context(recorded_reply=step.recorded_reply)
+        result = await service.run_turn(
+            thread_id, step.text, owner=owner, context=ctx, timestamp=step.timestamp
+        )
+        turn = result.turn
+        if progress is not None:
+            account = result.context_account
+            progress.write(
+                f"\r[{i}/{len(steps)}] turn {turn}: prompt {account.get('total', 0)} tokens, "
+                f"{'compacted' if (account.get('compaction') or {}).get('ran') else 'window'}"
+            )
+            progress.flush()
+    if progress is not None:
+        progress.write("\n")
+    return turn
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+async def thread_state(service: ChatService, thread_id: str) -> dict[str, Any]:
+    """The thread's state as JSON-ready data (slots, summaries, window, last account)."""
+    view = await service.get_thread(thread_id)
+    return _jsonable(view)
+
+
+def run_replay(settings: Settings, path: Path, thread_id: str, *, out: TextIO = sys.stderr) -> int:
+    """CLI body of `steadychat replay`; returns the process exit code."""
+    try:
+        steps = parse_transcript(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        print(f"steadychat replay: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        async with open_service(settings) as service:
+            turn = await replay(service, thread_id, steps, progress=out)
+        print(f"replayed {len(steps)} turns into thread {thread_id} (now at turn {turn})")
+        return 0
+
+    return asyncio.run(main())
+
+
+def run_state(settings: Settings, thread_id: str) -> int:
+    """CLI body of `steadychat state`; prints the thread's state as JSON."""
+
+    async def main() -> int:
+        async with open_service(settings) as service:
+            try:
+                data = await thread_state(service, thread_id)
+            except ThreadNotFoundError:
+                print(f"steadychat state: no thread {thread_id!r}", file=sys.stderr)
+                return 1
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+
+    return asyncio.run(main())

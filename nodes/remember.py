@@ -1,0 +1,161 @@
+"""remember node: write the finished exchange and this turn's new facts to vector memory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
+
+from graph.context import Context
+from graph.state import ChatState, Slot
+from store.types import MemoryRecord, MemoryStore, ThreadDeletedError
+
+__all__ = ["exchange_records", "make_remember"]
+
+logger = logging.getLogger(__name__)
+
+RememberNode = Callable[[ChatState, Runtime[Context], RunnableConfig], dict[str, Any]]
+
+
+def _last_exchange(
+    messages: Sequence[AnyMessage],
+) -> tuple[HumanMessage | None, AIMessage | None]:
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if isinstance(message, HumanMessage):
+            reply = next(
+                (m for m in reversed(messages[index + 1 :]) if isinstance(m, AIMessage)), None
+            )
+            return message, reply
+    return None, None
+
+
+def _stamp(message: AnyMessage, key: str) -> Any:
+    return message.additional_kwargs.get(key)
+
+
+def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[MemoryRecord]:
+    """The records one finished turn adds to memory.
+
+    The user turn and the assistant reply are separate records (ids
+    ``"{thread}:{turn}:user"`` and ``"{thread}:{turn}:assistant"``); every slot whose value
+    was set this turn becomes a ``"fact"`` record with id ``"{thread}:fact:{slot}"``, so a
+    corrected value replaces the old one in memory (the old one stays in the slot's history).
+    Ids are deterministic, so a retried turn overwrites instead of duplicating.
+
+    Args:
+        state: The thread's state after the reply.
+        thread_id: The thread.
+        user_id: The thread's owner.
+
+    Returns:
+        The records (empty when there is no user turn).
+    """
+    human, reply = _last_exchange(state.get("messages", []))
+    if human is None:
+        return []
+    turn = _stamp(human, "turn")
+    if not isinstance(turn, int) or isinstance(turn, bool):
+        turn = int(state.get("turn", 0))
+    timestamp = _stamp(human, "timestamp")
+    timestamp = str(timestamp) if timestamp else None
+    records: list[MemoryRecord] = []
+    if human.text.strip():
+        records.append(
+            MemoryRecord(
+                id=f"{thread_id}:{turn}:user",
+                text=human.text,
+                thread_id=thread_id,
+                user_id=user_id,
+                turn=turn,
+                role="user",
+                timestamp=timestamp,
+            )
+        )
+    if reply is not None and reply.text.strip():
+        reply_time = _stamp(reply, "timestamp")
+        records.append(
+            MemoryRecord(
+                id=f"{thread_id}:{turn}:assistant",
+                text=reply.text,
+                thread_id=thread_id,
+                user_id=user_id,
+                turn=turn,
+                role="assistant",
+                timestamp=str(reply_time) if reply_time else timestamp,
+            )
+        )
+    slots: dict[str, Slot] = state.get("slots") or {}
+    for name, slot in sorted(slots.items()):
+        if slot.get("turn") != turn or slot.get("value") in (None, ""):
+            continue
+        records.append(
+            MemoryRecord(
+                id=f"{thread_id}:fact:{name}",
+                text=f"{name.replace('_', ' ')}: {slot['value']}",
+                thread_id=thread_id,
+                user_id=user_id,
+                turn=turn,
+                role="fact",
+                timestamp=timestamp,
+                extra={"slot": name, "source": str(slot.get("source", ""))},
+            )
+        )
+    return records
+
+
+def make_remember(memory: MemoryStore) -> RememberNode:
+    """Build the ``remember`` node over a memory store.
+
+    Args:
+        memory: The vector memory (``ChromaMemory`` or a fake).
+
+    Returns:
+        A sync node ``(state, runtime, config) -> {}``.
+    """
+
+    def remember(
+        state: ChatState, runtime: Runtime[Context], config: RunnableConfig
+    ) -> dict[str, Any]:
+        """Write the last exchange and this turn's new slot values to memory.
+
+        A failed write is logged and the turn still succeeds (the reply was given), except a
+        write to a deleted thread: ``ThreadDeletedError`` propagates so the late turn is
+        refused.
+
+        Args:
+            state: The thread's state after the reply.
+            runtime: Carries the per-run :class:`~graph.context.Context` (``user_id``).
+            config: The run config; ``configurable.thread_id`` names the thread.
+
+        Returns:
+            ``{}``: memory lives outside the checkpointed state.
+
+        Raises:
+            ThreadDeletedError: The thread was deleted while the turn ran.
+        """
+        ctx = runtime.context or Context()
+        thread_id = (config.get("configurable") or {}).get("thread_id")
+        if thread_id is None:
+            # A stateless call (no thread) has nothing to remember into.
+            return {}
+        records = exchange_records(state, thread_id=str(thread_id), user_id=ctx.user_id)
+        if not records:
+            return {}
+        try:
+            memory.add(records)
+        except ThreadDeletedError:
+            raise
+        except Exception:
+            logger.exception(
+                "memory write failed for thread %s turn %s; the reply stands",
+                thread_id,
+                records[0].turn,
+            )
+        return {}
+
+    return remember

@@ -1,0 +1,147 @@
+"""retrieve_memory node: recall earlier turns and facts relevant to the user's turn."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from langchain_core.messages import AnyMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
+
+from graph.context import Context
+from graph.state import ChatState, Snippet
+from store.types import MemoryHit, MemoryStore
+
+__all__ = ["last_user_text", "make_retrieve_memory", "window_start_turn"]
+
+logger = logging.getLogger(__name__)
+
+RetrieveMemoryNode = Callable[[ChatState, Runtime[Context], RunnableConfig], dict[str, Any]]
+
+
+def last_user_text(messages: Sequence[AnyMessage]) -> str:
+    """Text of the last human message (the turn being answered).
+
+    Args:
+        messages: The verbatim window.
+
+    Returns:
+        Its text, or ``""`` when there is none.
+    """
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            return message.text
+    return ""
+
+
+def window_start_turn(messages: Sequence[AnyMessage]) -> int | None:
+    """The oldest turn still in the verbatim window.
+
+    Args:
+        messages: The verbatim window; ``begin_turn`` stamps each message's
+            ``additional_kwargs["turn"]``.
+
+    Returns:
+        The smallest stamped turn number, or ``None`` when no message carries one.
+    """
+    turns = [
+        turn
+        for message in messages
+        if isinstance(turn := message.additional_kwargs.get("turn"), int)
+        and not isinstance(turn, bool)
+    ]
+    return min(turns) if turns else None
+
+
+def _snippet(hit: MemoryHit) -> Snippet:
+    record = hit.record
+    return Snippet(
+        id=record.id,
+        text=record.text,
+        thread_id=record.thread_id,
+        turn=record.turn,
+        role=record.role,
+        timestamp=record.timestamp,
+        score=round(float(hit.score), 4),
+    )
+
+
+def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
+    """Build the ``retrieve_memory`` node over a memory store.
+
+    Args:
+        memory: The vector memory (``ChromaMemory`` or a fake).
+
+    Returns:
+        A sync node ``(state, runtime, config) -> {"recalled": [Snippet, ...]}``.
+    """
+
+    def retrieve_memory(
+        state: ChatState, runtime: Runtime[Context], config: RunnableConfig
+    ) -> dict[str, Any]:
+        """Recall up to ``ctx.top_k`` memories for the last user message.
+
+        The query is the last user message. Memories come from this thread (from all of the
+        user's threads when ``ctx.cross_thread_memory``), leave out the turns still in the
+        verbatim window, and score at least ``ctx.score_floor``. A memory failure is logged
+        and recalls nothing: the turn goes on without memories.
+
+        Args:
+            state: The thread's state.
+            runtime: Carries the per-run :class:`~graph.context.Context`.
+            config: The run config; ``configurable.thread_id`` names the thread.
+
+        Returns:
+            ``{"recalled": snippets}``, best first.
+        """
+        ctx = runtime.context or Context()
+        messages = state.get("messages", [])
+        query = last_user_text(messages).strip()
+        thread_id = (config.get("configurable") or {}).get("thread_id")
+        thread_id = str(thread_id) if thread_id is not None else None
+        if not query or ctx.top_k <= 0 or (thread_id is None and not ctx.cross_thread_memory):
+            return {"recalled": []}
+        window_start = window_start_turn(messages)
+        try:
+            if ctx.cross_thread_memory:
+                # The store's turn filter applies to one thread; across threads, the window
+                # turns of this thread are dropped here, so ask for that many more.
+                extra = 0
+                if thread_id is not None and window_start is not None:
+                    current = max(int(state.get("turn") or 0), window_start)
+                    extra = 3 * (current - window_start + 1)
+                hits = memory.search(
+                    query,
+                    thread_id=None,
+                    user_id=ctx.user_id,
+                    k=ctx.top_k + extra,
+                    min_score=ctx.score_floor,
+                )
+                hits = [
+                    h
+                    for h in hits
+                    if not (
+                        h.record.thread_id == thread_id
+                        and window_start is not None
+                        and h.record.turn >= window_start
+                    )
+                ][: ctx.top_k]
+            else:
+                hits = memory.search(
+                    query,
+                    thread_id=thread_id,
+                    user_id=None,
+                    k=ctx.top_k,
+                    min_score=ctx.score_floor,
+                    exclude_turns_from=window_start,
+                )
+        except Exception:
+            logger.exception(
+                "memory search failed for thread %s; replying without memories", thread_id
+            )
+            return {"recalled": []}
+        return {"recalled": [_snippet(h) for h in hits]}
+
+    return retrieve_memory

@@ -1,0 +1,538 @@
+"""Vector memory over Chroma with hybrid retrieval (BM25 + dense) and thread tombstones."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+import chromadb
+import numpy as np
+from chromadb.api import ClientAPI
+from chromadb.api.models.Collection import Collection
+from chromadb.api.types import Where
+from chromadb.config import Settings
+
+from store.lexical import BM25Scorer, tokenize, tokenize_doc
+from store.types import Embedder, MemoryHit, MemoryRecord, ThreadDeletedError
+
+__all__ = ["DEFAULT_COLLECTION", "ChromaMemory", "stamp_text"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COLLECTION = "steadychat_memory"
+_RESERVED = frozenset({"thread_id", "user_id", "turn", "role", "timestamp"})
+_WS_RE = re.compile(r"\W+")
+
+
+def stamp_text(text: str, timestamp: str | None) -> str:
+    """Return the text as it is indexed: prefixed with its date when it has one.
+
+    Temporal questions ("when did I ...?") can only be answered from a remembered turn that
+    carries its own date, so every record is indexed (embedded and keyword-indexed) with it.
+
+    Args:
+        text: The record's text.
+        timestamp: ISO-8601 timestamp, or ``None``.
+
+    Returns:
+        ``"[8 May 2023] text"``, or the text unchanged without a timestamp.
+
+    Raises:
+        ValueError: The timestamp is not ISO-8601.
+    """
+    if not timestamp:
+        return text
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError as exc:
+        raise ValueError(f"timestamp {timestamp!r} is not ISO-8601") from exc
+    return f"[{moment.day} {moment:%B} {moment.year}] {text}"
+
+
+def _settings() -> Settings:
+    # Telemetry would try to reach the network (and wait) on every client start.
+    return Settings(anonymized_telemetry=False)
+
+
+def _all_of(conditions: list[Where]) -> Where:
+    # Chroma rejects "$and" with a single operand.
+    return conditions[0] if len(conditions) == 1 else cast(Where, {"$and": conditions})
+
+
+class ChromaMemory:
+    """:class:`~store.types.MemoryStore` over a Chroma collection, searched by hybrid retrieval.
+
+    Each record is one Chroma document (the raw text) with metadata ``thread_id``,
+    ``user_id``, ``turn``, ``role``, ``timestamp`` (when known) and the record's ``extra``
+    keys; the id is the record id, and writes are upserts, so a retried turn overwrites.
+    Embeddings are always computed here (Chroma's default embedding function would download
+    a model) over the *indexed text*: the raw text prefixed with its date (:func:`stamp_text`).
+
+    **Search** fuses two rankings of the records that pass the thread/user filter:
+
+    * dense: cosine similarity from Chroma's vector index (``query`` with the filter);
+    * keyword: BM25 over the same filtered documents, fetched from Chroma at search time
+      (English words stemmed, Chinese as character bigrams; see :mod:`store.lexical`).
+      Deriving the keyword index from the stored documents on every search keeps it correct
+      across concurrent writers, deletions, processes sharing a Chroma server, and restarts,
+      at the cost of reading the filtered documents (fine for per-thread or per-user sets of
+      a few thousand records; tokenization is cached).
+
+    **Score** (what ``min_score`` is compared with): ``w * max(cosine, 0) + (1 - w) * bm25``
+    where ``bm25`` is normalized to [0, 1) by its upper bound for the query, and
+    ``w = dense_weight`` (0.5 by default). So the score lies in [0, 1). With all-MiniLM-L6-v2,
+    unrelated memories score below about 0.1-0.15, memories on the query's topic about
+    0.15-0.35, and direct answers sharing the query's key words 0.4 and above; a floor of
+    0.1 drops noise without losing paraphrases.
+    With ``ranking="rrf"`` hits are ordered by reciprocal rank fusion (k=60) of the two
+    rankings instead, and the same fused score is reported and floored.
+
+    Deleting a thread writes a tombstone (a second collection, so it persists with the data
+    and is seen by every process of a shared server); later writes to the thread raise
+    :class:`~store.types.ThreadDeletedError` until :meth:`forget_thread_tombstone`.
+    """
+
+    def __init__(
+        self,
+        client: ClientAPI,
+        embedder: Embedder,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        dense_weight: float = 0.5,
+        ranking: Literal["score", "rrf"] = "score",
+        candidates: int = 64,
+        duplicate_threshold: float = 0.9,
+    ) -> None:
+        """Open (or create) the collection.
+
+        Args:
+            client: Any Chroma client (persistent, HTTP or ephemeral).
+            embedder: Embeds records and queries; must match the collection's dimension.
+            collection: Collection name; tombstones live in ``<name>_deleted``.
+            dense_weight: Weight of cosine similarity in the fused score (0..1).
+            ranking: ``"score"`` orders hits by the fused score, ``"rrf"`` by reciprocal
+                rank fusion of the dense and keyword rankings.
+            candidates: Minimum candidates taken from each ranking before fusion.
+            duplicate_threshold: Hits whose term sets overlap this much (Jaccard) with a
+                better hit are dropped as near-duplicates.
+
+        Raises:
+            ValueError: Bad option, or the collection was built with a different embedding
+                dimension.
+        """
+        if not 0.0 <= dense_weight <= 1.0:
+            raise ValueError(f"dense_weight must be within [0, 1], got {dense_weight}")
+        if ranking not in ("score", "rrf"):
+            raise ValueError(f"ranking must be 'score' or 'rrf', got {ranking!r}")
+        if candidates < 1:
+            raise ValueError(f"candidates must be positive, got {candidates}")
+        self._client = client
+        self._embedder = embedder
+        self._dense_weight = dense_weight
+        self._ranking = ranking
+        self._candidates = candidates
+        self._duplicate_threshold = duplicate_threshold
+        dimension = int(embedder.dimension)
+        self._collection: Collection = client.get_or_create_collection(
+            collection,
+            configuration={"hnsw": {"space": "cosine"}},
+            metadata={"dimension": dimension, "embedder": getattr(embedder, "name", "custom")},
+            embedding_function=None,
+        )
+        stored = (self._collection.metadata or {}).get("dimension")
+        if stored is not None and int(stored) != dimension:
+            raise ValueError(
+                f"collection {collection!r} holds {stored}-dimensional embeddings but the "
+                f"embedder makes {dimension}; use the same embedder or another collection"
+            )
+        self._tombstones: Collection = client.get_or_create_collection(
+            f"{collection}_deleted", embedding_function=None
+        )
+        self.collection_name = collection
+
+    @classmethod
+    def persistent(cls, path: str | Path, embedder: Embedder, **options: Any) -> ChromaMemory:
+        """Open a store in a local folder (Chroma ``PersistentClient``; one writer process).
+
+        Args:
+            path: Folder of the Chroma database (created if missing).
+            embedder: The embedder.
+            **options: Keyword options of the constructor.
+
+        Returns:
+            The store.
+        """
+        client = chromadb.PersistentClient(path=str(path), settings=_settings())
+        return cls(client, embedder, **options)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        embedder: Embedder,
+        *,
+        headers: dict[str, str] | None = None,
+        **options: Any,
+    ) -> ChromaMemory:
+        """Connect to a Chroma server (``chroma run``), shared by several processes.
+
+        Args:
+            url: ``http://host:port`` or ``https://host:port``.
+            embedder: The embedder.
+            headers: Extra HTTP headers (authentication).
+            **options: Keyword options of the constructor.
+
+        Returns:
+            The store.
+
+        Raises:
+            ValueError: The URL is not http(s) with a host.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"Chroma URL must look like http://host:port, got {url!r}")
+        ssl = parts.scheme == "https"
+        client = chromadb.HttpClient(
+            host=parts.hostname,
+            port=parts.port or (443 if ssl else 8000),
+            ssl=ssl,
+            headers=headers,
+            settings=_settings(),
+        )
+        return cls(client, embedder, **options)
+
+    @classmethod
+    def ephemeral(
+        cls, embedder: Embedder, *, collection: str | None = None, **options: Any
+    ) -> ChromaMemory:
+        """An in-memory store (tests, demos); gone when the process ends.
+
+        Args:
+            embedder: The embedder.
+            collection: Collection name; a fresh unique one by default, because Chroma's
+                in-memory clients of one process share their data.
+            **options: Keyword options of the constructor.
+
+        Returns:
+            The store.
+        """
+        client = chromadb.EphemeralClient(settings=_settings())
+        name = collection or f"steadychat_{uuid.uuid4().hex[:12]}"
+        return cls(client, embedder, collection=name, **options)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def add(self, records: Sequence[MemoryRecord]) -> None:
+        """Insert or overwrite records (by id).
+
+        Args:
+            records: The records; ids must be unique within the call.
+
+        Raises:
+            ThreadDeletedError: A record belongs to a deleted thread (nothing of the call is
+                kept for that thread).
+            ValueError: Empty text or thread id, duplicate ids, a reserved ``extra`` key, or a
+                timestamp that is not ISO-8601.
+        """
+        if not records:
+            return
+        ids = [r.id for r in records]
+        if len(set(ids)) != len(ids):
+            raise ValueError("record ids must be unique within one add() call")
+        for record in records:
+            if not record.id or not record.thread_id:
+                raise ValueError(f"record {record.id!r} needs an id and a thread_id")
+            if not record.text.strip():
+                raise ValueError(f"record {record.id!r} has no text")
+            clash = _RESERVED & record.extra.keys()
+            if clash:
+                raise ValueError(f"record {record.id!r}: extra keys {sorted(clash)} are reserved")
+        threads = sorted({r.thread_id for r in records})
+        self._refuse_deleted(threads)
+        indexed = [stamp_text(r.text, r.timestamp) for r in records]
+        embeddings = self._embedder.embed_documents(indexed)
+        self._collection.upsert(
+            ids=ids,
+            embeddings=np.asarray(embeddings, dtype=np.float32),
+            documents=[r.text for r in records],
+            metadatas=[self._metadata(r) for r in records],
+        )
+        # A delete may have landed between the check and the write (another thread or
+        # process): look again after writing and take back what reached a deleted thread.
+        late = self._deleted(threads)
+        if late:
+            self._collection.delete(ids=[r.id for r in records if r.thread_id in late])
+            raise ThreadDeletedError(f"thread {sorted(late)[0]!r} has been deleted")
+
+    @staticmethod
+    def _metadata(record: MemoryRecord) -> dict[str, Any]:
+        meta: dict[str, Any] = dict(record.extra)
+        meta.update(
+            thread_id=record.thread_id,
+            user_id=record.user_id,
+            turn=int(record.turn),
+            role=record.role,
+        )
+        if record.timestamp:
+            meta["timestamp"] = record.timestamp
+        return meta
+
+    def delete_thread(self, thread_id: str) -> int:
+        """Delete every record of the thread and refuse later writes to it.
+
+        Args:
+            thread_id: The thread.
+
+        Returns:
+            How many records were deleted.
+        """
+        if not thread_id:
+            raise ValueError("thread_id is empty")
+        # Tombstone first: a concurrent add() that slips past its first check sees it on its
+        # second check, or wrote before this delete and is removed by it.
+        self._tombstones.upsert(
+            ids=[thread_id],
+            embeddings=[[1.0]],
+            metadatas=[{"deleted_at": datetime.now(UTC).isoformat()}],
+        )
+        where: Where = {"thread_id": thread_id}
+        count = len(self._collection.get(where=where, include=[])["ids"])
+        self._collection.delete(where=where)
+        return count
+
+    def forget_thread_tombstone(self, thread_id: str) -> bool:
+        """Let a deleted thread be written again (a reset clears a thread but keeps it).
+
+        Args:
+            thread_id: The thread.
+
+        Returns:
+            Whether the thread had a tombstone.
+        """
+        had = bool(self._deleted([thread_id]))
+        if had:
+            self._tombstones.delete(ids=[thread_id])
+        return had
+
+    def clear_thread(self, thread_id: str) -> int:
+        """Delete the thread's records but keep accepting writes to it (thread reset).
+
+        Args:
+            thread_id: The thread.
+
+        Returns:
+            How many records were deleted.
+        """
+        count = self.delete_thread(thread_id)
+        self.forget_thread_tombstone(thread_id)
+        return count
+
+    def is_deleted(self, thread_id: str) -> bool:
+        """Whether writes to the thread are refused.
+
+        Args:
+            thread_id: The thread.
+
+        Returns:
+            True after :meth:`delete_thread` and before :meth:`forget_thread_tombstone`.
+        """
+        return bool(self._deleted([thread_id]))
+
+    def _deleted(self, threads: Sequence[str]) -> set[str]:
+        return set(self._tombstones.get(ids=list(threads), include=[])["ids"])
+
+    def _refuse_deleted(self, threads: Sequence[str]) -> None:
+        deleted = self._deleted(threads)
+        if deleted:
+            raise ThreadDeletedError(f"thread {sorted(deleted)[0]!r} has been deleted")
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def count(self, *, thread_id: str | None = None) -> int:
+        """Number of records, of one thread or of the whole store.
+
+        Args:
+            thread_id: The thread, or ``None`` for all.
+
+        Returns:
+            The count.
+        """
+        if thread_id is None:
+            return self._collection.count()
+        where: Where = {"thread_id": thread_id}
+        return len(self._collection.get(where=where, include=[])["ids"])
+
+    def search(
+        self,
+        query: str,
+        *,
+        thread_id: str | None,
+        user_id: str | None,
+        k: int,
+        min_score: float = 0.0,
+        exclude_turns_from: int | None = None,
+    ) -> list[MemoryHit]:
+        """Best ``k`` records for the query, by hybrid retrieval (see the class docstring).
+
+        Args:
+            query: What to look for (the user's turn).
+            thread_id: Only this thread's records; ``None`` searches all of ``user_id``'s.
+            user_id: Only this user's records (``None``: any user of the thread).
+            k: How many hits at most.
+            min_score: Hits with a fused score below it are dropped.
+            exclude_turns_from: Leave out this thread's records whose turn is >= it (still
+                in the verbatim window). Needs ``thread_id``.
+
+        Returns:
+            Hits, best first, without duplicates (same or near-same text).
+
+        Raises:
+            ValueError: Neither a thread nor a user, or ``exclude_turns_from`` without a thread.
+        """
+        if thread_id is None and user_id is None:
+            raise ValueError("search needs a thread_id or a user_id")
+        if thread_id is None and exclude_turns_from is not None:
+            raise ValueError("exclude_turns_from applies to one thread: pass thread_id")
+        if k <= 0 or not query.strip():
+            return []
+        conditions: list[Where] = []
+        if thread_id is not None:
+            conditions.append({"thread_id": thread_id})
+        if user_id is not None:
+            conditions.append({"user_id": user_id})
+        if exclude_turns_from is not None:
+            conditions.append({"turn": {"$lt": int(exclude_turns_from)}})
+        where = _all_of(conditions)
+
+        stored = self._collection.get(where=where, include=["documents", "metadatas"])
+        ids: list[str] = stored["ids"]
+        if not ids:
+            return []
+        documents = stored["documents"] or []
+        metadatas = stored["metadatas"] or []
+        position = {doc_id: i for i, doc_id in enumerate(ids)}
+        indexed = [
+            stamp_text(doc or "", _str_or_none(meta.get("timestamp")))
+            for doc, meta in zip(documents, metadatas, strict=True)
+        ]
+        lexical = BM25Scorer([tokenize_doc(t) for t in indexed]).scores(tokenize(query))
+
+        depth = min(len(ids), max(self._candidates, 4 * k))
+        query_vector = self._embedder.embed_query(query)
+        result = self._collection.query(
+            query_embeddings=np.asarray([query_vector], dtype=np.float32),
+            n_results=depth,
+            where=where,
+            include=["distances"],
+        )
+        dense: dict[str, float] = {}
+        for doc_id, distance in zip(
+            result["ids"][0], (result["distances"] or [[]])[0], strict=True
+        ):
+            dense[doc_id] = 1.0 - float(distance)
+
+        lexical_order = sorted(range(len(ids)), key=lambda i: -lexical[i])
+        lexical_top = [ids[i] for i in lexical_order[:depth] if lexical[i] > 0.0]
+        missing = [doc_id for doc_id in lexical_top if doc_id not in dense]
+        if missing:
+            dense.update(self._cosines(query_vector, missing))
+
+        fused: dict[str, float] = {}
+        for doc_id, cosine in dense.items():
+            if doc_id in position:
+                fused[doc_id] = (
+                    self._dense_weight * max(cosine, 0.0)
+                    + (1.0 - self._dense_weight) * lexical[position[doc_id]]
+                )
+        if self._ranking == "rrf":
+            rrf: dict[str, float] = {}
+            dense_rank = sorted(dense, key=lambda d: -dense[d])
+            for ranking in (dense_rank, lexical_top):
+                for rank, doc_id in enumerate(ranking):
+                    rrf[doc_id] = rrf.get(doc_id, 0.0) + 1.0 / (60 + rank + 1)
+            order = sorted(fused, key=lambda d: -rrf.get(d, 0.0))
+        else:
+            order = sorted(fused, key=lambda d: -fused[d])
+
+        hits: list[MemoryHit] = []
+        seen = _NearDuplicates(self._duplicate_threshold)
+        for doc_id in order:
+            score = fused[doc_id]
+            if score < min_score:
+                continue
+            i = position[doc_id]
+            text = documents[i] or ""
+            if seen.check_and_add(text):
+                continue
+            hits.append(MemoryHit(record=_record(doc_id, text, metadatas[i]), score=score))
+            if len(hits) >= k:
+                break
+        return hits
+
+    def _cosines(self, query_vector: Sequence[float], ids: list[str]) -> dict[str, float]:
+        got = self._collection.get(ids=ids, include=["embeddings"])
+        if got["embeddings"] is None or not len(got["ids"]):
+            return {}
+        matrix = np.asarray(got["embeddings"], dtype=np.float64)
+        query = np.asarray(query_vector, dtype=np.float64)
+        norms = np.linalg.norm(matrix, axis=1) * (np.linalg.norm(query) or 1.0)
+        cosines = matrix @ query / np.where(norms > 0, norms, 1.0)
+        return dict(zip(got["ids"], (float(c) for c in cosines), strict=True))
+
+
+class _NearDuplicates:
+    """Texts seen so far; tells whether a new one is the same or nearly the same (Jaccard).
+
+    Prefix filtering keeps this near linear: two term sets with Jaccard >= t share at least
+    one of their first ``|x| - ceil(t * |x|) + 1`` terms in any fixed order, so only texts
+    indexed under those terms need comparing.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        self._threshold = threshold
+        self._keys: set[str] = set()
+        self._by_prefix: dict[str, list[frozenset[str]]] = {}
+
+    def _prefix(self, terms: frozenset[str]) -> list[str]:
+        size = len(terms) - math.ceil(self._threshold * len(terms) - 1e-9) + 1
+        return sorted(terms)[: max(size, 1)]
+
+    def check_and_add(self, text: str) -> bool:
+        key = _WS_RE.sub(" ", text.lower()).strip()
+        if key in self._keys:
+            return True
+        terms = frozenset(tokenize_doc(text).terms)
+        prefix = self._prefix(terms) if terms else []
+        for term in prefix:
+            for other in self._by_prefix.get(term, ()):
+                if len(terms & other) / len(terms | other) >= self._threshold:
+                    return True
+        self._keys.add(key)
+        for term in prefix:
+            self._by_prefix.setdefault(term, []).append(terms)
+        return False
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _record(doc_id: str, text: str, meta: dict[str, Any] | Any) -> MemoryRecord:
+    extra = {key: value for key, value in meta.items() if key not in _RESERVED}
+    return MemoryRecord(
+        id=doc_id,
+        text=text,
+        thread_id=str(meta["thread_id"]),
+        user_id=str(meta.get("user_id", "")),
+        turn=int(meta.get("turn", 0)),
+        role=str(meta.get("role", "")),
+        timestamp=_str_or_none(meta.get("timestamp")),
+        extra=extra,
+    )

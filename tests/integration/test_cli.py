@@ -1,0 +1,166 @@
+"""The steadychat command line: the chat loop, its commands, and the real console script."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+
+from api.cli import LocalConversation, main, run_chat
+from graph.chat_model import QwenChatModel
+from graph.settings import Settings
+from tests.unit.test_chat_model import forced
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class RecordingOut(io.StringIO):
+    """A stdout that remembers what had been written at each flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes: list[str] = []
+
+    def flush(self) -> None:
+        self.flushes.append(self.getvalue())
+        super().flush()
+
+
+class FakeConversation:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.resets = 0
+        self.profile = "general"
+
+    def stream(self, text: str) -> Iterator[str]:
+        self.sent.append(text)
+        if text == "too long":
+            raise ValueError("the prompt has 9000 tokens")
+        yield from ["Hel", "lo", " there"]
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def set_profile(self, name: str) -> None:
+        if name not in {"general", "precise"}:
+            raise ValueError(f"unknown profile {name!r}")
+        self.profile = name
+
+
+def _chat(lines: str) -> tuple[int, FakeConversation, RecordingOut, str]:
+    conversation = FakeConversation()
+    out, err = RecordingOut(), io.StringIO()
+    code = run_chat(conversation, stdin=io.StringIO(lines), stdout=out, stderr=err)
+    return code, conversation, out, err.getvalue()
+
+
+def test_replies_are_printed_piece_by_piece() -> None:
+    code, conversation, out, _ = _chat("hello\n")
+    assert code == 0
+    assert conversation.sent == ["hello"]
+    assert out.getvalue() == "assistant> Hello there\n"
+    assert "assistant> Hel" in out.flushes
+    assert "assistant> Hello" in out.flushes
+
+
+@pytest.mark.parametrize("word", ["exit", "quit", "退出", "EXIT"])
+def test_exit_words_end_with_code_zero(word: str) -> None:
+    code, conversation, _, _ = _chat(f"hi\n{word}\nnever sent\n")
+    assert code == 0
+    assert conversation.sent == ["hi"]
+
+
+def test_reset_profile_and_errors_keep_the_loop_going() -> None:
+    code, conversation, _, err = _chat(
+        "reset\n/profile precise\n/profile chatty\n\ntoo long\nstill here\n"
+    )
+    assert code == 0
+    assert conversation.resets == 1
+    assert conversation.profile == "precise"
+    assert "unknown profile 'chatty'" in err
+    assert "error: the prompt has 9000 tokens" in err
+    assert conversation.sent == ["too long", "still here"]
+
+
+def test_local_conversation_remembers_and_resets(tiny_chat_model: QwenChatModel) -> None:
+    conversation = LocalConversation(tiny_chat_model, profile="general")
+    with forced(tiny_chat_model, "first answer"):
+        assert "".join(conversation.stream("one")) == "first answer"
+    with forced(tiny_chat_model, "second answer") as script:
+        pieces = list(conversation.stream("two"))
+    assert "".join(pieces) == "second answer"
+    assert len(pieces) > 1
+    history = tiny_chat_model.get_num_tokens_from_messages(
+        [HumanMessage("one"), AIMessage("first answer"), HumanMessage("two")]
+    )
+    assert len(script.prompt_ids) == history
+    conversation.reset()
+    with forced(tiny_chat_model, "fresh") as script:
+        "".join(conversation.stream("three"))
+    assert len(script.prompt_ids) == tiny_chat_model.get_num_tokens_from_messages(
+        [HumanMessage("three")]
+    )
+    with pytest.raises(ValueError, match="unknown profile"):
+        conversation.set_profile("chatty")
+
+
+def test_build_tiny_model_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["build-tiny-model", str(tmp_path / "tiny"), "--seed", "3"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "tiny")
+    assert (tmp_path / "tiny" / "chat_template.jinja").is_file()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x").write_text("x")
+    assert main(["build-tiny-model", str(tmp_path / "junk")]) == 1
+    assert "not a complete model folder" in capsys.readouterr().err
+
+
+def test_bad_profile_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", "--model", "tiny", "--profile", "chatty"]) == 2
+    assert "unknown profile" in capsys.readouterr().err
+
+
+def test_help_does_not_import_the_model_stack() -> None:
+    code = (
+        "import sys, api.cli\n"
+        "heavy = [m for m in ('torch', 'transformers', 'langchain_core') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def _steadychat() -> list[str]:
+    script = Path(sys.executable).parent / "steadychat"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("steadychat")
+    return [found] if found else [sys.executable, "-m", "api.cli"]
+
+
+@pytest.mark.slow
+def test_piped_chat_with_the_tiny_model(tiny_settings: Settings) -> None:
+    env = {**os.environ, "STEADYCHAT_DATA_DIR": str(tiny_settings.data_dir)}
+    result = subprocess.run(
+        [*_steadychat(), "chat", "--model", "tiny", "--max-new-tokens", "12"],
+        input="hello\n你好\nexit\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    replies = result.stdout.split("assistant> ")[1:]
+    assert len(replies) == 2
+    assert all(reply.strip("\n") for reply in replies[:1]), result.stdout
+    assert "Traceback" not in result.stderr

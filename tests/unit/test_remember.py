@@ -1,0 +1,168 @@
+"""remember node: records written per turn, idempotent retries, facts, failures."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from graph.context import Context
+from graph.state import ChatState, Slot
+from nodes.remember import exchange_records, make_remember
+from store.embeddings import CharFrequencyEmbedder
+from store.types import MemoryHit, MemoryRecord, ThreadDeletedError
+from store.vector_memory import ChromaMemory
+
+STAMP = "2025-05-04T18:30:00+00:00"
+
+
+def turn_state(turn: int, user: str, reply: str | None, **extra: Any) -> ChatState:
+    messages: list[Any] = [
+        HumanMessage("an earlier question", additional_kwargs={"turn": turn - 1}),
+        AIMessage("an earlier answer", additional_kwargs={"turn": turn - 1}),
+        HumanMessage(user, additional_kwargs={"turn": turn, "timestamp": STAMP}),
+    ]
+    if reply is not None:
+        messages.append(AIMessage(reply, additional_kwargs={"turn": turn}))
+    return {"messages": messages, "turn": turn, **extra}  # type: ignore[typeddict-item]
+
+
+def slot(value: str | None, turn: int) -> Slot:
+    return Slot(value=value, turn=turn, source="rule:email", evidence=value or "", history=[])
+
+
+def config(thread: str | None = "t1") -> Any:
+    return {"configurable": {"thread_id": thread}} if thread else {"configurable": {}}
+
+
+@pytest.fixture
+def memory() -> ChromaMemory:
+    return ChromaMemory.ephemeral(CharFrequencyEmbedder())
+
+
+def test_writes_user_turn_and_reply_as_separate_records(memory: ChromaMemory) -> None:
+    node = make_remember(memory)
+    state = turn_state(7, "I booked flights to Oslo for March.", "Great, Oslo in March it is!")
+    assert node(state, Runtime(context=Context(user_id="ann")), config()) == {}
+    assert memory.count(thread_id="t1") == 2
+    hits = memory.search("Oslo flights", thread_id="t1", user_id="ann", k=5)
+    by_role = {h.record.role: h.record for h in hits}
+    assert set(by_role) == {"user", "assistant"}
+    user = by_role["user"]
+    assert (user.id, user.turn, user.timestamp) == ("t1:7:user", 7, STAMP)
+    assert user.text == "I booked flights to Oslo for March."
+    assert by_role["assistant"].id == "t1:7:assistant"
+    # The reply has no timestamp of its own: it takes the user turn's.
+    assert by_role["assistant"].timestamp == STAMP
+
+
+def test_a_retried_turn_overwrites_instead_of_duplicating(memory: ChromaMemory) -> None:
+    node = make_remember(memory)
+    node(turn_state(3, "What is 2+2?", "five"), Runtime(context=None), config())
+    node(turn_state(3, "What is 2+2?", "four"), Runtime(context=None), config())
+    assert memory.count(thread_id="t1") == 2
+    hits = memory.search("2+2", thread_id="t1", user_id=None, k=5)
+    assert sorted(h.record.text for h in hits) == ["What is 2+2?", "four"]
+
+
+def test_slots_set_this_turn_become_fact_records() -> None:
+    state = turn_state(
+        5,
+        "my email is ann@example.com",
+        "Thanks!",
+        slots={"email": slot("ann@example.com", 5), "name": slot("Ann", 2)},
+    )
+    records = exchange_records(state, thread_id="t1", user_id="ann")
+    facts = [r for r in records if r.role == "fact"]
+    assert [(f.id, f.text, f.turn) for f in facts] == [
+        ("t1:fact:email", "email: ann@example.com", 5)
+    ]
+    assert facts[0].extra == {"slot": "email", "source": "rule:email"}
+
+
+def test_a_corrected_fact_replaces_the_old_one_in_memory(memory: ChromaMemory) -> None:
+    node = make_remember(memory)
+    node(
+        turn_state(2, "mail me at a@old.example", "ok", slots={"email": slot("a@old.example", 2)}),
+        Runtime(context=None),
+        config(),
+    )
+    node(
+        turn_state(6, "new address b@new.example", "ok", slots={"email": slot("b@new.example", 6)}),
+        Runtime(context=None),
+        config(),
+    )
+    facts = [
+        h.record
+        for h in memory.search("email address", thread_id="t1", user_id=None, k=10)
+        if h.record.role == "fact"
+    ]
+    assert [(f.text, f.turn) for f in facts] == [("email: b@new.example", 6)]
+
+
+def test_nothing_is_written_without_a_thread_or_a_user_turn(memory: ChromaMemory) -> None:
+    node = make_remember(memory)
+    assert node(turn_state(1, "hi", "hello"), Runtime(context=None), config(None)) == {}
+    assert node({"messages": [], "turn": 0}, Runtime(context=None), config()) == {}
+    assert memory.count() == 0
+
+
+def test_an_empty_reply_is_not_remembered(memory: ChromaMemory) -> None:
+    make_remember(memory)(turn_state(4, "are you there?", "  "), Runtime(context=None), config())
+    records = memory.search("there", thread_id="t1", user_id=None, k=5)
+    assert [h.record.role for h in records] == ["user"]
+
+
+def test_writes_to_a_deleted_thread_are_refused(memory: ChromaMemory) -> None:
+    node = make_remember(memory)
+    node(turn_state(1, "first", "reply"), Runtime(context=None), config())
+    memory.delete_thread("t1")
+    with pytest.raises(ThreadDeletedError):
+        node(turn_state(2, "late", "late reply"), Runtime(context=None), config())
+    assert memory.count(thread_id="t1") == 0
+
+
+class FailingMemory:
+    def add(self, records: Any) -> None:
+        raise OSError("disk full")
+
+    def search(self, *args: Any, **kwargs: Any) -> list[MemoryHit]:
+        return []
+
+    def delete_thread(self, thread_id: str) -> int:
+        return 0
+
+    def count(self, *, thread_id: str | None = None) -> int:
+        return 0
+
+
+def test_other_write_failures_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    node = make_remember(FailingMemory())
+    with caplog.at_level(logging.ERROR, logger="nodes.remember"):
+        assert node(turn_state(3, "hello", "hi"), Runtime(context=None), config()) == {}
+    assert "memory write failed" in caplog.text
+    assert "disk full" in caplog.text
+
+
+def test_runs_as_a_graph_node_with_the_users_id(memory: ChromaMemory) -> None:
+    builder = StateGraph(ChatState, context_schema=Context)
+    builder.add_node("remember", make_remember(memory))
+    builder.add_edge(START, "remember")
+    builder.add_edge("remember", END)
+    graph = builder.compile()
+    graph.invoke(
+        turn_state(2, "I like jazz", "Noted."),
+        config={"configurable": {"thread_id": "g1"}},
+        context=Context(user_id="zoe"),
+    )
+    hits = memory.search("jazz", thread_id=None, user_id="zoe", k=5)
+    assert {h.record.id for h in hits} == {"g1:2:user", "g1:2:assistant"}
+
+
+def test_records_are_memory_records() -> None:
+    records = exchange_records(turn_state(1, "x", "y"), thread_id="t", user_id="u")
+    assert all(isinstance(r, MemoryRecord) for r in records)

@@ -1,0 +1,263 @@
+"""ChromaMemory with the character-frequency fake: filters, ranking, dedupe, deletion, reopen."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from store.embeddings import CharFrequencyEmbedder
+from store.lexical import BM25Scorer, tokenize, tokenize_doc
+from store.types import MemoryRecord, MemoryStore, ThreadDeletedError
+from store.vector_memory import ChromaMemory, stamp_text
+
+
+def rec(
+    thread: str,
+    turn: int,
+    text: str,
+    *,
+    role: str = "user",
+    user: str = "alice",
+    timestamp: str | None = "2025-03-14T10:00:00+00:00",
+) -> MemoryRecord:
+    return MemoryRecord(
+        id=f"{thread}:{turn}:{role}",
+        text=text,
+        thread_id=thread,
+        user_id=user,
+        turn=turn,
+        role=role,
+        timestamp=timestamp,
+    )
+
+
+@pytest.fixture
+def memory() -> ChromaMemory:
+    return ChromaMemory.ephemeral(CharFrequencyEmbedder())
+
+
+def texts(hits: list) -> list[str]:
+    return [h.record.text for h in hits]
+
+
+def test_implements_the_memory_store_protocol(memory: ChromaMemory) -> None:
+    assert isinstance(memory, MemoryStore)
+
+
+def test_relevant_turn_ranks_first_and_scores_are_ordered(memory: ChromaMemory) -> None:
+    memory.add(
+        [
+            rec("t1", 1, "My dog is a golden retriever named Biscuit."),
+            rec("t1", 2, "I work as a nurse at the city hospital."),
+            rec("t1", 3, "We are planning a trip to Lisbon in June."),
+            rec("t1", 4, "Tea or coffee? Coffee, always, black."),
+        ]
+    )
+    hits = memory.search("what is my dog called", thread_id="t1", user_id=None, k=4)
+    assert hits[0].record.text.startswith("My dog")
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= s < 1.0 for s in scores)
+    first = hits[0].record
+    assert (first.thread_id, first.user_id, first.turn, first.role) == ("t1", "alice", 1, "user")
+    assert first.timestamp == "2025-03-14T10:00:00+00:00"
+
+
+def test_search_stays_within_the_thread(memory: ChromaMemory) -> None:
+    memory.add([rec("t1", 1, "The invoice number is INV-7731."), rec("t2", 1, "Invoice INV-7731")])
+    hits = memory.search("invoice INV-7731", thread_id="t1", user_id=None, k=5)
+    assert [h.record.thread_id for h in hits] == ["t1"]
+
+
+def test_cross_thread_search_is_limited_to_the_user(memory: ChromaMemory) -> None:
+    memory.add(
+        [
+            rec("a1", 1, "I am allergic to peanuts."),
+            rec("a2", 1, "Peanut butter cookies are my favourite snack."),
+            rec("b1", 1, "I am allergic to peanuts too.", user="bob"),
+        ]
+    )
+    hits = memory.search("peanut allergy", thread_id=None, user_id="alice", k=5)
+    assert {h.record.thread_id for h in hits} == {"a1", "a2"}
+    assert all(h.record.user_id == "alice" for h in hits)
+
+
+def test_turns_still_in_the_window_are_excluded(memory: ChromaMemory) -> None:
+    memory.add([rec("t1", n, f"Turn {n}: we talked about the garden fence.") for n in range(1, 7)])
+    hits = memory.search("garden fence", thread_id="t1", user_id=None, k=10, exclude_turns_from=4)
+    assert sorted(h.record.turn for h in hits) == [1, 2, 3]
+
+
+def test_same_and_near_same_texts_are_returned_once(memory: ChromaMemory) -> None:
+    memory.add(
+        [
+            rec("t1", 1, "My email is alice@example.com"),
+            rec("t1", 2, "my email is alice@example.com!"),
+            rec("t1", 3, "My email is alice@example.com", role="assistant"),
+            rec("t1", 4, "I changed my email to alice@work.example"),
+        ]
+    )
+    hits = memory.search("what is my email", thread_id="t1", user_id=None, k=10)
+    assert len(hits) == 2
+    assert "alice@work.example" in " ".join(texts(hits))
+
+
+def test_score_floor_drops_weak_hits(memory: ChromaMemory) -> None:
+    memory.add(
+        [
+            rec("t1", 1, "The quarterly budget review is on Friday."),
+            rec("t1", 2, "Zebras have black and white stripes."),
+        ]
+    )
+    everything = memory.search("quarterly budget review", thread_id="t1", user_id=None, k=5)
+    assert len(everything) == 2
+    floor = (everything[0].score + everything[1].score) / 2
+    kept = memory.search(
+        "quarterly budget review", thread_id="t1", user_id=None, k=5, min_score=floor
+    )
+    assert texts(kept) == ["The quarterly budget review is on Friday."]
+
+
+def test_upsert_by_id_does_not_duplicate(memory: ChromaMemory) -> None:
+    memory.add([rec("t1", 1, "first draft of the reply", role="assistant")])
+    memory.add([rec("t1", 1, "final reply after a retry", role="assistant")])
+    assert memory.count(thread_id="t1") == 1
+    hits = memory.search("reply", thread_id="t1", user_id=None, k=5)
+    assert texts(hits) == ["final reply after a retry"]
+
+
+def test_delete_cascades_only_that_thread_and_refuses_late_writes(memory: ChromaMemory) -> None:
+    memory.add([rec("t1", 1, "thread one"), rec("t1", 2, "more of one"), rec("t2", 1, "two")])
+    assert memory.delete_thread("t1") == 2
+    assert memory.count(thread_id="t1") == 0
+    assert memory.count(thread_id="t2") == 1
+    assert memory.search("thread one", thread_id="t1", user_id=None, k=5) == []
+    with pytest.raises(ThreadDeletedError, match="t1"):
+        memory.add([rec("t1", 3, "a late write")])
+    assert memory.count(thread_id="t1") == 0
+    memory.add([rec("t2", 2, "other threads still accept writes")])
+    assert memory.count(thread_id="t2") == 2
+
+
+def test_forgetting_the_tombstone_lets_a_reset_thread_be_written(memory: ChromaMemory) -> None:
+    memory.add([rec("t1", 1, "before the reset")])
+    assert memory.clear_thread("t1") == 1
+    assert not memory.is_deleted("t1")
+    memory.add([rec("t1", 1, "after the reset")])
+    assert texts(memory.search("reset", thread_id="t1", user_id=None, k=5)) == ["after the reset"]
+    memory.delete_thread("t1")
+    assert memory.is_deleted("t1")
+    assert memory.forget_thread_tombstone("t1") is True
+    assert memory.forget_thread_tombstone("t1") is False
+
+
+def test_data_and_tombstones_survive_reopening_the_folder(tmp_path: Path) -> None:
+    first = ChromaMemory.persistent(tmp_path / "chroma", CharFrequencyEmbedder())
+    first.add([rec("keep", 1, "The wifi password is hunter2."), rec("gone", 1, "forget me")])
+    first.delete_thread("gone")
+
+    reopened = ChromaMemory.persistent(tmp_path / "chroma", CharFrequencyEmbedder())
+    hits = reopened.search("wifi password", thread_id="keep", user_id=None, k=3)
+    assert texts(hits) == ["The wifi password is hunter2."]
+    with pytest.raises(ThreadDeletedError):
+        reopened.add([rec("gone", 2, "late")])
+
+
+def test_reopening_with_another_embedding_dimension_is_refused(tmp_path: Path) -> None:
+    ChromaMemory.persistent(tmp_path / "chroma", CharFrequencyEmbedder(64))
+    with pytest.raises(ValueError, match="64-dimensional"):
+        ChromaMemory.persistent(tmp_path / "chroma", CharFrequencyEmbedder(128))
+
+
+def test_chinese_text_is_found_by_keywords_and_characters(memory: ChromaMemory) -> None:
+    memory.add(
+        [
+            rec("zh", 1, "我的订单号是 A-20931,还没有发货。"),
+            rec("zh", 2, "我周末喜欢去西湖边散步。"),
+            rec("zh", 3, "明天上海会下雨吗?"),
+            rec("zh", 4, "I prefer replies in English."),
+        ]
+    )
+    hits = memory.search("订单什么时候发货", thread_id="zh", user_id=None, k=2)
+    assert hits[0].record.text.startswith("我的订单号")
+    hits = memory.search("西湖散步", thread_id="zh", user_id=None, k=1)
+    assert texts(hits) == ["我周末喜欢去西湖边散步。"]
+
+
+def test_remembered_turns_carry_their_date_for_temporal_questions(memory: ChromaMemory) -> None:
+    memory.add(
+        [
+            rec("t1", 1, "I went to the dentist.", timestamp="2024-02-03T09:00:00"),
+            rec("t1", 2, "I went to the bakery.", timestamp="2024-07-19T09:00:00"),
+        ]
+    )
+    hits = memory.search("what did I do in July 2024", thread_id="t1", user_id=None, k=1)
+    assert texts(hits) == ["I went to the bakery."]
+    assert stamp_text("hi", "2024-07-19T09:00:00") == "[19 July 2024] hi"
+    assert stamp_text("hi", None) == "hi"
+
+
+def test_concurrent_adds_are_all_searchable(memory: ChromaMemory) -> None:
+    def write(worker: int) -> None:
+        memory.add([rec("t1", worker * 10 + n, f"note {worker}-{n} about kiwis") for n in range(5)])
+
+    workers = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert memory.count(thread_id="t1") == 20
+    hits = memory.search("note 3-4 about kiwis", thread_id="t1", user_id=None, k=1)
+    assert texts(hits) == ["note 3-4 about kiwis"]
+
+
+def test_bad_input_gets_clear_errors(memory: ChromaMemory) -> None:
+    with pytest.raises(ValueError, match="no text"):
+        memory.add([rec("t1", 1, "   ")])
+    with pytest.raises(ValueError, match="unique"):
+        memory.add([rec("t1", 1, "a"), rec("t1", 1, "b")])
+    with pytest.raises(ValueError, match="ISO-8601"):
+        memory.add([rec("t1", 1, "a", timestamp="yesterday")])
+    with pytest.raises(ValueError, match="reserved"):
+        memory.add(
+            [
+                MemoryRecord(
+                    id="x",
+                    text="a",
+                    thread_id="t",
+                    user_id="u",
+                    turn=1,
+                    role="user",
+                    extra={"turn": 3},
+                )
+            ]
+        )
+    with pytest.raises(ValueError, match="thread_id or a user_id"):
+        memory.search("a", thread_id=None, user_id=None, k=1)
+    with pytest.raises(ValueError, match="pass thread_id"):
+        memory.search("a", thread_id=None, user_id="u", k=1, exclude_turns_from=3)
+    with pytest.raises(ValueError, match="http://host:port"):
+        ChromaMemory.from_url("localhost:8000", CharFrequencyEmbedder())
+    assert memory.search("   ", thread_id="t1", user_id=None, k=3) == []
+    assert memory.count() == 0
+
+
+def test_tokenizer_stems_english_and_splits_chinese_into_bigrams() -> None:
+    assert tokenize("She was painting sunsets at the lake's edge") == [
+        "paint",
+        "sunset",
+        "lake",
+        "edg",
+    ]
+    assert tokenize("北京烤鸭") == ["北京", "京烤", "烤鸭"]
+    assert tokenize("订单 B-20931") == ["订单", "b", "20931"]
+
+
+def test_bm25_score_is_normalized_and_rewards_rare_terms() -> None:
+    docs = [tokenize_doc(t) for t in ["the cat sat", "the dog sat", "a cat and a dog"]]
+    scores = BM25Scorer(docs).scores(tokenize("dog"))
+    assert scores[0] == 0.0
+    assert all(0.0 <= s < 1.0 for s in scores)
+    assert scores[1] > 0 and scores[2] > 0
