@@ -1,5 +1,9 @@
-"""The turn graph: begin_turn -> extract_slots -> retrieve_memory -> [compact_summary] ->
-generate_reply -> remember."""
+"""The turn graph: begin_turn -> extract_slots -> [compact_summary] -> retrieve_memory ->
+generate_reply -> remember.
+
+Compaction runs before retrieval so that retrieval knows exactly which turns stay verbatim: a
+turn folded this very turn is then recallable, and nothing the model sees twice.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 from graph.context import Context
 from graph.profiles import get_profile
 from graph.state import ChatState
-from nodes.begin_turn import make_begin_turn, route_after_retrieval
+from nodes.begin_turn import make_begin_turn, route_after_slots
 from nodes.compact_summary import make_compact_summary
 from nodes.extract_slots import make_extract_slots
 from nodes.generate_reply import make_generate_reply
@@ -65,11 +69,11 @@ def build_graph(deps: Deps) -> StateGraph:
     )
     builder.add_edge(START, "begin_turn")
     builder.add_edge("begin_turn", "extract_slots")
-    builder.add_edge("extract_slots", "retrieve_memory")
     builder.add_conditional_edges(
-        "retrieve_memory", route_after_retrieval, ["compact_summary", "generate_reply"]
+        "extract_slots", route_after_slots, ["compact_summary", "retrieve_memory"]
     )
-    builder.add_edge("compact_summary", "generate_reply")
+    builder.add_edge("compact_summary", "retrieve_memory")
+    builder.add_edge("retrieve_memory", "generate_reply")
     builder.add_edge("generate_reply", "remember")
     builder.add_edge("remember", END)
     return builder

@@ -59,6 +59,13 @@ class TurnCancelledError(ServiceError):
     """The caller cancelled the turn (client disconnect); nothing was saved."""
 
 
+class TurnFailedError(ServiceError):
+    """The turn failed inside the service (model or store error); nothing was saved.
+
+    The message is generic on purpose; the cause is chained and logged, never shown to clients.
+    """
+
+
 @dataclass(kw_only=True)
 class ThreadInfo:
     thread_id: str
@@ -127,33 +134,44 @@ class TurnEvent:
 
 
 class _ThreadLocks:
-    """One asyncio lock per thread, dropped when nobody holds or waits for it."""
+    """One asyncio lock per thread, dropped when nobody holds or waits for it.
+
+    ``enter`` registers a user synchronously (no await), so a check-then-enter on the event
+    loop is atomic: two requests arriving together cannot both see a thread as free.
+    """
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     def busy(self, thread_id: str) -> bool:
-        entry = self._locks.get(thread_id)
-        return entry is not None and entry[0].locked()
+        """Whether a turn holds or waits for the thread."""
+        return thread_id in self._locks
 
     @property
     def waiting(self) -> int:
         """Turns queued behind another turn of the same thread."""
         return sum(max(0, users - 1) for _, users in self._locks.values())
 
-    @contextlib.asynccontextmanager
-    async def hold(self, thread_id: str) -> AsyncIterator[None]:
+    def enter(self, thread_id: str) -> asyncio.Lock:
         lock, users = self._locks.get(thread_id, (asyncio.Lock(), 0))
         self._locks[thread_id] = (lock, users + 1)
+        return lock
+
+    def leave(self, thread_id: str) -> None:
+        lock, users = self._locks[thread_id]
+        if users <= 1:
+            del self._locks[thread_id]
+        else:
+            self._locks[thread_id] = (lock, users - 1)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, thread_id: str) -> AsyncIterator[None]:
+        lock = self.enter(thread_id)
         try:
             async with lock:
                 yield
         finally:
-            lock, users = self._locks[thread_id]
-            if users <= 1:
-                del self._locks[thread_id]
-            else:
-                self._locks[thread_id] = (lock, users - 1)
+            self.leave(thread_id)
 
 
 def _window(values: dict[str, Any]) -> list[WindowMessage]:
@@ -397,9 +415,12 @@ class ChatService:
         await self._info(thread_id, owner)
         if not wait and self._locks.busy(thread_id):
             raise ThreadBusyError(f"a turn is already running on thread {thread_id!r}")
+        lock = self._locks.enter(thread_id)  # no await since the check: atomic on the loop
         ctx = replace(context or self.defaults, cancel_event=threading.Event())
         queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
-        task = asyncio.create_task(self._turn_task(thread_id, text, owner, ctx, timestamp, queue))
+        task = asyncio.create_task(
+            self._turn_task(thread_id, lock, text, owner, ctx, timestamp, queue)
+        )
         finished = False
         try:
             while True:
@@ -420,6 +441,7 @@ class ChatService:
     async def _turn_task(
         self,
         thread_id: str,
+        lock: asyncio.Lock,
         text: str,
         owner: str | None,
         ctx: Context,
@@ -428,7 +450,7 @@ class ChatService:
     ) -> None:
         assert ctx.cancel_event is not None
         try:
-            async with self._locks.hold(thread_id):
+            async with lock:
                 record = await self.registry.get(thread_id)
                 if record is None or (owner is not None and record.owner != owner):
                     raise ThreadNotFoundError(f"thread {thread_id!r} not found")
@@ -442,10 +464,13 @@ class ChatService:
                 await queue.put(TurnEvent(type="done", result=result))
         except ServiceError as exc:
             await queue.put(TurnEvent(type="error", error=exc))
-        except Exception as exc:  # the stream consumer decides how to report it
+        except Exception as exc:
             log.exception("turn failed on thread %s", thread_id)
-            await queue.put(TurnEvent(type="error", error=ServiceError(f"the turn failed: {exc}")))
+            failed = TurnFailedError("the turn failed")
+            failed.__cause__ = exc
+            await queue.put(TurnEvent(type="error", error=failed))
         finally:
+            self._locks.leave(thread_id)
             await queue.put(None)
 
     async def _run_locked(

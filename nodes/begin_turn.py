@@ -44,10 +44,10 @@ def make_begin_turn(
     return begin_turn
 
 
-def route_after_retrieval(
+def route_after_slots(
     state: ChatState, runtime: Runtime[Context]
-) -> Literal["compact_summary", "generate_reply"]:
+) -> Literal["compact_summary", "retrieve_memory"]:
     """Compact only when the window (measured at the start of the turn) is over its budget."""
     ctx = runtime.context or Context()
     over = state.get("window_tokens", 0) > ctx.window_tokens
-    return "compact_summary" if over else "generate_reply"
+    return "compact_summary" if over else "retrieve_memory"

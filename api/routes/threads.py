@@ -183,7 +183,7 @@ async def patch_slots(
         },
         409: {
             "model": ErrorResponse,
-            "description": "Thread busy (busy_policy reject) or Idempotency-Key in flight",
+            "description": "Thread busy (busy_policy reject) or the turn was cancelled",
         },
         413: {"model": ErrorResponse, "description": "Message too long"},
         422: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"},

@@ -1,0 +1,169 @@
+"""ChatService over the real graph, SQLite and Chroma, with the scripted model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import BaseMessage
+
+from graph.service import (
+    ChatService,
+    ContextLengthError,
+    ServiceError,
+    ThreadBusyError,
+    ThreadNotFoundError,
+    TurnFailedError,
+    open_service,
+)
+from graph.settings import Settings
+from tests.fakes import ScriptedChatModel
+
+
+@pytest.fixture
+async def model() -> ScriptedChatModel:
+    return ScriptedChatModel(default="Noted, thank you.")
+
+
+@pytest.fixture
+async def service(tmp_path: Path, model: ScriptedChatModel) -> AsyncIterator[ChatService]:
+    settings = Settings(data_dir=tmp_path, embedder="hash", context_window=2048,
+                        max_new_tokens=128)
+    async with open_service(settings, chat_model=model) as svc:
+        yield svc
+
+
+async def test_threads_and_users_are_isolated(service: ChatService, model: ScriptedChatModel):
+    await service.create_thread(thread_id="a", owner="alice")
+    await service.create_thread(thread_id="b", owner="bob")
+    await service.run_turn("a", "My name is Alice and my email is alice@example.com.",
+                           owner="alice")
+    await service.run_turn("b", "My name is Bob.", owner="bob")
+    await service.run_turn("b", "What is my email address?", owner="bob")
+    prompt = " ".join(str(m.content) for m in model.history[-1]["messages"])
+    assert "alice@example.com" not in prompt and "Alice" not in prompt
+    assert (await service.get_thread("b")).slots["name"]["value"] == "Bob"
+    with pytest.raises(ThreadNotFoundError):
+        await service.get_thread("a", owner="bob")
+    threads, total = await service.list_threads(owner="alice")
+    assert total == 1 and threads[0].thread_id == "a"
+
+
+async def test_recall_finds_old_turns_of_the_same_thread(service: ChatService,
+                                                          model: ScriptedChatModel):
+    await service.create_thread(thread_id="t")
+    await service.run_turn("t", "The spare key is hidden under the blue flowerpot.")
+    for i in range(6):
+        await service.run_turn("t", f"Unrelated remark number {i} about the weather today.")
+    ctx = service.context(window_tokens=40, min_window_turns=1)
+    result = await service.run_turn("t", "Where is the spare key hidden?", context=ctx)
+    recalled = result.context_account["recalled"]
+    assert any("flowerpot" in s["text"] for s in recalled)
+    system = str(model.history[-1]["messages"][0].content)
+    assert "flowerpot" in system
+
+
+async def test_delete_cascades_and_refuses_late_writes(service: ChatService):
+    await service.create_thread(thread_id="keep")
+    await service.create_thread(thread_id="gone")
+    await service.run_turn("keep", "My order number is #A1001.")
+    await service.run_turn("gone", "My order number is #B2002.")
+    assert service.memory is not None and service.memory.count(thread_id="gone") > 0
+    await service.delete_thread("gone")
+    assert service.memory.count(thread_id="gone") == 0
+    assert (await service.checkpointer.aget_tuple(
+        {"configurable": {"thread_id": "gone"}})) is None
+    with pytest.raises(ThreadNotFoundError):
+        await service.run_turn("gone", "hello again")
+    with pytest.raises(ThreadNotFoundError):
+        await service.get_thread("gone")
+    with pytest.raises(ServiceError):
+        await service.create_thread(thread_id="gone")
+    kept = await service.get_thread("keep")
+    assert kept.slots["order_id"]["value"].endswith("A1001")
+    assert service.memory.count(thread_id="keep") > 0
+
+
+async def test_failed_turn_saves_nothing(service: ChatService, model: ScriptedChatModel):
+    await service.create_thread(thread_id="t")
+    await service.run_turn("t", "first message")
+
+    def broken(messages: list[BaseMessage]) -> str:
+        raise RuntimeError("model crashed")
+
+    model.responder = broken
+    with pytest.raises(TurnFailedError):
+        await service.run_turn("t", "My name is Mallory.")
+    view = await service.get_thread("t")
+    assert [m.content for m in view.window] == ["first message", "Noted, thank you."]
+    assert "name" not in view.slots
+    model.responder = None
+    result = await service.run_turn("t", "second message")
+    assert result.turn == 2
+
+
+async def test_closing_the_stream_cancels_the_turn(service: ChatService,
+                                                   model: ScriptedChatModel):
+    await service.create_thread(thread_id="t")
+    await service.run_turn("t", "first")
+    model.enqueue("a long reply " * 50)
+    stream = service.stream_turn("t", "tell me a story")
+    async for event in stream:
+        assert event.type == "token"
+        break
+    await stream.aclose()
+    view = await service.get_thread("t")
+    assert len(view.window) == 2
+    assert (await service.run_turn("t", "next")).turn == 2
+
+
+async def test_turns_on_one_thread_are_serialised(service: ChatService):
+    await service.create_thread(thread_id="t")
+    results = await asyncio.gather(*(service.run_turn("t", f"message {i}") for i in range(5)))
+    assert sorted(r.turn for r in results) == [1, 2, 3, 4, 5]
+    view = await service.get_thread("t")
+    assert [m.turn for m in view.window if m.role == "user"] == [1, 2, 3, 4, 5]
+
+
+async def test_busy_thread_rejects_when_asked_not_to_wait(service: ChatService,
+                                                          model: ScriptedChatModel):
+    await service.create_thread(thread_id="t")
+    model.enqueue("word " * 400)
+    stream = service.stream_turn("t", "long one")
+    first = await stream.__anext__()
+    assert first.type == "token"
+    with pytest.raises(ThreadBusyError):
+        await service.run_turn("t", "impatient", wait=False)
+    async for _ in stream:
+        pass
+
+
+async def test_slot_correction_keeps_history(service: ChatService):
+    await service.create_thread(thread_id="t")
+    await service.run_turn("t", "My email is old@example.com")
+    slots = await service.update_slots("t", {"email": "new@example.com", "name": "Ada"})
+    assert slots["email"]["value"] == "new@example.com"
+    assert slots["email"]["history"][-1]["value"] == "old@example.com"
+    slots = await service.update_slots("t", {"name": None})
+    assert slots["name"]["value"] is None
+    view = await service.get_thread("t")
+    assert view.slots["email"]["source"] == "user"
+
+
+async def test_reset_clears_but_keeps_the_thread(service: ChatService):
+    await service.create_thread(thread_id="t", title="Support")
+    await service.run_turn("t", "My name is Ada.")
+    info = await service.reset_thread("t")
+    assert info.title == "Support" and info.turns == 0
+    view = await service.get_thread("t")
+    assert view.window == [] and view.slots == {}
+    assert (await service.run_turn("t", "hello")).turn == 1
+
+
+async def test_message_that_cannot_fit_is_a_context_error(service: ChatService):
+    await service.create_thread(thread_id="t")
+    with pytest.raises(ContextLengthError):
+        await service.run_turn("t", "word " * 5000)
+    assert (await service.get_thread("t")).window == []
