@@ -132,7 +132,7 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         if service is not None:
             app.state.service = service
-            yield {}
+            yield
             return
         from graph.service import open_service
 
@@ -141,7 +141,7 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
             app.state.service = opened
             logger.info("chat service ready")
             try:
-                yield {}
+                yield
             finally:
                 app.state.service = None
                 logger.info("closing the chat service")

@@ -204,6 +204,7 @@ def evaluate(
     budgets: Sequence[int],
     *,
     memory_factory: Callable[[Embedder], ChromaMemory] | None = None,
+    neighbours: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Outcome]:
     """Run the baselines and ChromaMemory side by side over the conversations.
@@ -213,6 +214,7 @@ def evaluate(
         embedder: Embedder of the dense baseline and of our store.
         budgets: Context budgets in tokens.
         memory_factory: Builds our store (default: an in-memory ``ChromaMemory``).
+        neighbours: Passed to ``ChromaMemory.search``: records following each hit.
         progress: Called with a line per conversation.
 
     Returns:
@@ -271,7 +273,13 @@ def evaluate(
                 time.perf_counter() - t0,
             )
             t0 = time.perf_counter()
-            hits = memory.search(question.text, thread_id=conv.conv_id, user_id=None, k=len(turns))
+            hits = memory.search(
+                question.text,
+                thread_id=conv.conv_id,
+                user_id=None,
+                k=len(turns),
+                neighbours=neighbours,
+            )
             ours = [position[h.record.id.split(":", 1)[1]] for h in hits]
             rankings[OURS] = (ours, stamped, time.perf_counter() - t0)
             answer = question.answer.lower()
@@ -372,11 +380,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=None, help="only the first N")
     parser.add_argument("--embedder", default="default", help="embedder name (see load_embedder)")
     parser.add_argument("--ranking", choices=["score", "rrf"], default="score")
-    parser.add_argument("--dense-weight", type=float, default=0.5)
+    parser.add_argument("--dense-weight", type=float, default=0.4)
+    parser.add_argument(
+        "--neighbours", type=int, default=1, help="records following each hit (see search())"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rates here")
     args = parser.parse_args(argv)
     if any(b <= 0 for b in args.budgets):
         parser.error("budgets must be positive")
+    if args.neighbours < 0:
+        parser.error("--neighbours must be >= 0")
     conversations = load_conversations(args.data)[: args.conversations]
     embedder = load_embedder(args.embedder)
     started = time.perf_counter()
@@ -387,11 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         memory_factory=lambda e: ChromaMemory.ephemeral(
             e, ranking=args.ranking, dense_weight=args.dense_weight
         ),
+        neighbours=args.neighbours,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(
         f"# LoCoMo context benchmark ({args.embedder}, ranking={args.ranking}, "
-        f"dense_weight={args.dense_weight})\n"
+        f"dense_weight={args.dense_weight}, neighbours={args.neighbours})\n"
     )
     print(report(outcomes, args.budgets))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

@@ -87,10 +87,11 @@ class ChromaMemory:
 
     **Score** (what ``min_score`` is compared with): ``w * max(cosine, 0) + (1 - w) * bm25``
     where ``bm25`` is normalized to [0, 1) by its upper bound for the query, and
-    ``w = dense_weight`` (0.5 by default). So the score lies in [0, 1). With all-MiniLM-L6-v2,
-    unrelated memories score below about 0.1-0.15, memories on the query's topic about
-    0.15-0.35, and direct answers sharing the query's key words 0.4 and above; a floor of
-    0.1 drops noise without losing paraphrases.
+    ``w = dense_weight`` (0.4 by default). So the score lies in [0, 1). Measured with
+    all-MiniLM-L6-v2: unrelated memories score up to about 0.13, paraphrases that share no
+    word with the query 0.1-0.2, memories sharing the query's key words 0.25-0.6. A floor
+    of 0.1 drops most noise; above about 0.15 it starts dropping paraphrases. The default
+    floor (``Context.score_floor``) is 0: keep the top ``k``.
     With ``ranking="rrf"`` hits are ordered by reciprocal rank fusion (k=60) of the two
     rankings instead, and the same fused score is reported and floored.
 
@@ -105,7 +106,7 @@ class ChromaMemory:
         embedder: Embedder,
         *,
         collection: str = DEFAULT_COLLECTION,
-        dense_weight: float = 0.5,
+        dense_weight: float = 0.4,
         ranking: Literal["score", "rrf"] = "score",
         candidates: int = 64,
         duplicate_threshold: float = 0.9,
@@ -116,7 +117,8 @@ class ChromaMemory:
             client: Any Chroma client (persistent, HTTP or ephemeral).
             embedder: Embeds records and queries; must match the collection's dimension.
             collection: Collection name; tombstones live in ``<name>_deleted``.
-            dense_weight: Weight of cosine similarity in the fused score (0..1).
+            dense_weight: Weight of cosine similarity in the fused score (0..1); 0.4 did best
+                on LoCoMo between 0.2 and 0.7 (bench/README.md).
             ranking: ``"score"`` orders hits by the fused score, ``"rrf"`` by reciprocal
                 rank fusion of the dense and keyword rankings.
             candidates: Minimum candidates taken from each ranking before fusion.
@@ -378,6 +380,7 @@ class ChromaMemory:
         k: int,
         min_score: float = 0.0,
         exclude_turns_from: int | None = None,
+        neighbours: int = 0,
     ) -> list[MemoryHit]:
         """Best ``k`` records for the query, by hybrid retrieval (see the class docstring).
 
@@ -389,17 +392,26 @@ class ChromaMemory:
             min_score: Hits with a fused score below it are dropped.
             exclude_turns_from: Leave out this thread's records whose turn is >= it (still
                 in the verbatim window). Needs ``thread_id``.
+            neighbours: After each hit, also return the next this many records of its
+                thread in conversation order (turn, then user before assistant; facts are
+                not neighbours), e.g. the reply to a recalled question. They carry the hit's
+                score and ``extra["neighbour_of"]``, obey the same filters, and do not count
+                towards ``k``.
 
         Returns:
-            Hits, best first, without duplicates (same or near-same text).
+            Hits, best first (each followed by its neighbours), without duplicates (same or
+            near-same text).
 
         Raises:
-            ValueError: Neither a thread nor a user, or ``exclude_turns_from`` without a thread.
+            ValueError: Neither a thread nor a user, ``exclude_turns_from`` without a thread,
+                or negative ``neighbours``.
         """
         if thread_id is None and user_id is None:
             raise ValueError("search needs a thread_id or a user_id")
         if thread_id is None and exclude_turns_from is not None:
             raise ValueError("exclude_turns_from applies to one thread: pass thread_id")
+        if neighbours < 0:
+            raise ValueError(f"neighbours must be >= 0, got {neighbours}")
         if k <= 0 or not query.strip():
             return []
         conditions: list[Where] = []
@@ -461,20 +473,53 @@ class ChromaMemory:
         else:
             order = sorted(fused, key=lambda d: -fused[d])
 
+        following = self._conversation_order(metadatas, neighbours) if neighbours > 0 else {}
         hits: list[MemoryHit] = []
+        taken: set[int] = set()
         seen = _NearDuplicates(self._duplicate_threshold)
+        anchors = 0
         for doc_id in order:
             score = fused[doc_id]
+            i = position[doc_id]
             if score < min_score:
                 continue
-            i = position[doc_id]
-            text = documents[i] or ""
-            if seen.check_and_add(text):
-                continue
-            hits.append(MemoryHit(record=_record(doc_id, text, metadatas[i]), score=score))
-            if len(hits) >= k:
+            # A record already returned as a neighbour is a hit in its own right too: it is
+            # not repeated, but its own neighbours follow.
+            if i not in taken:
+                text = documents[i] or ""
+                if seen.check_and_add(text):
+                    continue
+                taken.add(i)
+                hits.append(MemoryHit(record=_record(doc_id, text, metadatas[i]), score=score))
+            for j in following.get(i, []):
+                if j in taken or seen.check_and_add(documents[j] or ""):
+                    continue
+                taken.add(j)
+                record = _record(ids[j], documents[j] or "", metadatas[j], neighbour_of=doc_id)
+                hits.append(MemoryHit(record=record, score=score))
+            anchors += 1
+            if anchors >= k:
                 break
         return hits
+
+    @staticmethod
+    def _conversation_order(metadatas: Sequence[Any], limit: int) -> dict[int, list[int]]:
+        # For each record, the records that follow it in its thread (facts excluded).
+        rank = {"user": 0, "assistant": 1}
+        threads: dict[str, list[tuple[int, int, int]]] = {}
+        for i, meta in enumerate(metadatas):
+            role = str(meta.get("role", ""))
+            if role == "fact":
+                continue
+            key = (int(meta.get("turn", 0)), rank.get(role, 2), i)
+            threads.setdefault(str(meta.get("thread_id")), []).append(key)
+        following: dict[int, list[int]] = {}
+        for rows in threads.values():
+            rows.sort()
+            indices = [i for _, _, i in rows]
+            for pos, i in enumerate(indices):
+                following[i] = indices[pos + 1 : pos + 1 + limit]
+        return following
 
     def _cosines(self, query_vector: Sequence[float], ids: list[str]) -> dict[str, float]:
         got = self._collection.get(ids=ids, include=["embeddings"])
@@ -524,8 +569,12 @@ def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _record(doc_id: str, text: str, meta: dict[str, Any] | Any) -> MemoryRecord:
+def _record(
+    doc_id: str, text: str, meta: dict[str, Any] | Any, *, neighbour_of: str | None = None
+) -> MemoryRecord:
     extra = {key: value for key, value in meta.items() if key not in _RESERVED}
+    if neighbour_of is not None:
+        extra["neighbour_of"] = neighbour_of
     return MemoryRecord(
         id=doc_id,
         text=text,

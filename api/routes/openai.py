@@ -234,7 +234,6 @@ async def _unless_disconnected(
     ``cancel`` is handed to the model too, so that generation running in a worker thread stops
     as well instead of finishing a reply nobody will read.
     """
-    return await work
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_client_gone(request))
     try:
@@ -584,8 +583,12 @@ async def _closing_stream(stream: AsyncIterator[Any]) -> None:
 
 
 def _sse_response(
-    writer: _ChunkWriter, stream: AsyncIterator[Any], pieces: AsyncIterator[str | _Outcome]
+    writer: _ChunkWriter,
+    pieces: AsyncIterator[str | _Outcome],
+    stream: AsyncIterator[Any] | None = None,
 ) -> EventSourceResponse:
+    """The SSE response for ``pieces``; ``stream`` is the service stream they are read from."""
+
     async def events() -> AsyncIterator[ServerSentEvent]:
         try:
             async with aclosing(_stream_events(writer, pieces)) as chunks:
@@ -593,15 +596,12 @@ def _sse_response(
                     yield event
         finally:
             await _closing_stream(pieces)
-            await _closing_stream(stream)
+            if stream is not None:
+                await _closing_stream(stream)
 
     # The background task closes the service stream even if the response never started.
-    return EventSourceResponse(
-        events(),
-        ping=15,
-        sep="\n",
-        background=BackgroundTask(_closing_stream, stream),
-    )
+    background = BackgroundTask(_closing_stream, stream) if stream is not None else None
+    return EventSourceResponse(events(), ping=15, sep="\n", background=background)
 
 
 async def _buffered(outcome: _Outcome) -> AsyncIterator[str | _Outcome]:
@@ -658,7 +658,7 @@ async def create_chat_completion(
             stream = service.stream_complete(messages, **_stateless_kwargs(body))
             first = await _prime(stream)
             return _sse_response(
-                _ChunkWriter(model, include_usage), stream, _stateless_pieces(stream, first)
+                _ChunkWriter(model, include_usage), _stateless_pieces(stream, first), stream
             )
         cancel = threading.Event()
         outcome = await _unless_disconnected(
@@ -676,7 +676,7 @@ async def create_chat_completion(
                 await _closing_stream(events)
                 raise head.error
             return _sse_response(
-                _ChunkWriter(model, include_usage), events, _turn_pieces(events, head)
+                _ChunkWriter(model, include_usage), _turn_pieces(events, head), events
             )
         # Cancelling the turn's task closes its event stream, which stops and rolls it back.
         turn = _complete_turn(
@@ -687,8 +687,7 @@ async def create_chat_completion(
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     if body.stream:
-        writer = _ChunkWriter(model, include_usage)
-        return _sse_response(writer, _buffered(outcome), _buffered(outcome))
+        return _sse_response(_ChunkWriter(model, include_usage), _buffered(outcome))
     extension = {"steadychat": outcome.extension} if outcome.extension is not None else {}
     return ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex}",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,10 @@ import httpx
 import openai
 import pytest
 from fastapi import FastAPI
+from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGenerationChunk
+from pydantic import PrivateAttr
 
 from api.app import create_app
 from graph.service import ChatService, open_service
@@ -244,6 +249,36 @@ async def test_thread_header_remembers_across_calls(
     assert [m.content for m in view.window][-1] == "Reply to: Which order did I mention?"
 
 
+async def test_user_field_names_whose_memory_the_turn_writes(
+    client: openai.AsyncOpenAI, service: ChatService
+) -> None:
+    await client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "My favourite colour is teal."}],
+        user="alice",
+        extra_headers={"X-Thread-Id": "alice-thread"},
+    )
+    assert service.memory is not None
+    hits = service.memory.search("favourite colour", thread_id=None, user_id="alice", k=5)
+    assert hits, "the exchange is remembered under the user named in the request"
+    assert {hit.record.user_id for hit in hits} == {"alice"}
+    assert service.memory.search("favourite colour", thread_id=None, user_id="bob", k=5) == []
+
+
+async def test_profile_extension_and_its_validation(
+    client: openai.AsyncOpenAI, model: ScriptedChatModel
+) -> None:
+    await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], extra_body={"profile": "precise"}
+    )
+    assert model.history[0]["kwargs"]["profile"] == "precise"
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], extra_body={"profile": "x"}
+        )
+    assert caught.value.param == "profile"
+
+
 async def test_thread_system_message_replaces_role_prompt(
     client: openai.AsyncOpenAI, model: ScriptedChatModel
 ) -> None:
@@ -468,6 +503,55 @@ async def test_model_crash_is_a_server_error_without_internals(
     assert "secret" not in caught.value.response.text
 
 
+class GatedModel(ScriptedChatModel):
+    """Holds its reply until the test opens the gate, so that a turn stays running."""
+
+    _gate: threading.Event = PrivateAttr(default_factory=threading.Event)
+
+    @property
+    def gate(self) -> threading.Event:
+        return self._gate
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        chunks = super()._stream(messages, stop, run_manager, **kwargs)
+        first = next(chunks)  # the call is in ``history`` from here on
+        self._gate.wait(timeout=10)
+        yield first
+        yield from chunks
+
+
+async def test_busy_thread_answers_conflict_when_the_policy_rejects(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, busy_policy="reject")
+    model = GatedModel(default="done at last")
+    async with _open(settings, model) as svc, _client(create_app(svc, settings=settings)) as client:
+        headers = {"X-Thread-Id": "busy-thread"}
+        first = asyncio.create_task(
+            client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "one"}], extra_headers=headers
+            )
+        )
+        try:
+            async with asyncio.timeout(10):
+                while not model.history:  # noqa: ASYNC110 - the model exposes no event
+                    await asyncio.sleep(0.01)
+            with pytest.raises(openai.ConflictError) as caught:
+                await client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "two"}], extra_headers=headers
+                )
+            assert caught.value.response.headers["x-should-retry"] == "false"
+        finally:
+            model.gate.set()
+        done = await first
+        assert done.choices[0].message.content == "done at last"
+        assert done.model_extra["steadychat"]["turn"] == 1
+
+
 async def test_bad_thread_id_header(client: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
         await client.chat.completions.create(
@@ -631,6 +715,16 @@ async def test_tiny_transformers_model_through_the_openai_client(
         chunks = [chunk async for chunk in stream]
         assert chunks[-1].usage is not None
         assert 0 < chunks[-1].usage.completion_tokens <= 6
+        stateless = await client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "Hello"}],
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        pieces = [chunk async for chunk in stateless]
+        assert pieces[-1].usage is not None and 0 < pieces[-1].usage.completion_tokens <= 4
+        assert len([c for c in pieces if c.choices and c.choices[0].finish_reason]) == 1
         assert len([c for c in chunks if c.choices and c.choices[0].finish_reason]) == 1
         view = await svc.get_thread("tiny-thread", owner="anonymous")
         assert view.info.turns == 1

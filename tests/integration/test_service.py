@@ -29,8 +29,7 @@ async def model() -> ScriptedChatModel:
 
 @pytest.fixture
 async def service(tmp_path: Path, model: ScriptedChatModel) -> AsyncIterator[ChatService]:
-    settings = Settings(data_dir=tmp_path, embedder="hash", context_window=2048,
-                        max_new_tokens=128)
+    settings = Settings(data_dir=tmp_path, embedder="hash", context_window=2048, max_new_tokens=128)
     async with open_service(settings, chat_model=model) as svc:
         yield svc
 
@@ -38,8 +37,9 @@ async def service(tmp_path: Path, model: ScriptedChatModel) -> AsyncIterator[Cha
 async def test_threads_and_users_are_isolated(service: ChatService, model: ScriptedChatModel):
     await service.create_thread(thread_id="a", owner="alice")
     await service.create_thread(thread_id="b", owner="bob")
-    await service.run_turn("a", "My name is Alice and my email is alice@example.com.",
-                           owner="alice")
+    await service.run_turn(
+        "a", "My name is Alice and my email is alice@example.com.", owner="alice"
+    )
     await service.run_turn("b", "My name is Bob.", owner="bob")
     await service.run_turn("b", "What is my email address?", owner="bob")
     prompt = " ".join(str(m.content) for m in model.history[-1]["messages"])
@@ -51,8 +51,9 @@ async def test_threads_and_users_are_isolated(service: ChatService, model: Scrip
     assert total == 1 and threads[0].thread_id == "a"
 
 
-async def test_recall_finds_old_turns_of_the_same_thread(service: ChatService,
-                                                          model: ScriptedChatModel):
+async def test_recall_finds_old_turns_of_the_same_thread(
+    service: ChatService, model: ScriptedChatModel
+):
     await service.create_thread(thread_id="t")
     await service.run_turn("t", "The spare key is hidden under the blue flowerpot.")
     for i in range(6):
@@ -73,8 +74,7 @@ async def test_delete_cascades_and_refuses_late_writes(service: ChatService):
     assert service.memory is not None and service.memory.count(thread_id="gone") > 0
     await service.delete_thread("gone")
     assert service.memory.count(thread_id="gone") == 0
-    assert (await service.checkpointer.aget_tuple(
-        {"configurable": {"thread_id": "gone"}})) is None
+    assert (await service.checkpointer.aget_tuple({"configurable": {"thread_id": "gone"}})) is None
     with pytest.raises(ThreadNotFoundError):
         await service.run_turn("gone", "hello again")
     with pytest.raises(ThreadNotFoundError):
@@ -104,8 +104,7 @@ async def test_failed_turn_saves_nothing(service: ChatService, model: ScriptedCh
     assert result.turn == 2
 
 
-async def test_closing_the_stream_cancels_the_turn(service: ChatService,
-                                                   model: ScriptedChatModel):
+async def test_closing_the_stream_cancels_the_turn(service: ChatService, model: ScriptedChatModel):
     await service.create_thread(thread_id="t")
     await service.run_turn("t", "first")
     model.enqueue("a long reply " * 50)
@@ -127,8 +126,9 @@ async def test_turns_on_one_thread_are_serialised(service: ChatService):
     assert [m.turn for m in view.window if m.role == "user"] == [1, 2, 3, 4, 5]
 
 
-async def test_busy_thread_rejects_when_asked_not_to_wait(service: ChatService,
-                                                          model: ScriptedChatModel):
+async def test_busy_thread_rejects_when_asked_not_to_wait(
+    service: ChatService, model: ScriptedChatModel
+):
     await service.create_thread(thread_id="t")
     model.enqueue("word " * 400)
     stream = service.stream_turn("t", "long one")

@@ -238,6 +238,8 @@ def test_bad_input_gets_clear_errors(memory: ChromaMemory) -> None:
         memory.search("a", thread_id=None, user_id=None, k=1)
     with pytest.raises(ValueError, match="pass thread_id"):
         memory.search("a", thread_id=None, user_id="u", k=1, exclude_turns_from=3)
+    with pytest.raises(ValueError, match="neighbours"):
+        memory.search("a", thread_id="t1", user_id=None, k=1, neighbours=-1)
     with pytest.raises(ValueError, match="http://host:port"):
         ChromaMemory.from_url("localhost:8000", CharFrequencyEmbedder())
     assert memory.search("   ", thread_id="t1", user_id=None, k=3) == []
@@ -261,3 +263,26 @@ def test_bm25_score_is_normalized_and_rewards_rare_terms() -> None:
     assert scores[0] == 0.0
     assert all(0.0 <= s < 1.0 for s in scores)
     assert scores[1] > 0 and scores[2] > 0
+
+
+def test_neighbours_bring_the_reply_that_followed_a_recalled_turn(memory: ChromaMemory) -> None:
+    memory.add(
+        [
+            rec("t1", 1, "Which train goes to the airport?"),
+            rec("t1", 1, "Take line S9 from platform 4.", role="assistant"),
+            rec("t1", 2, "Thanks, and how much is a ticket?"),
+            rec("t1", 2, "About 4 euros one way.", role="assistant"),
+            rec("t1", 3, "Where can I buy one?"),
+        ]
+    )
+    hits = memory.search(
+        "airport train", thread_id="t1", user_id=None, k=1, neighbours=1, exclude_turns_from=3
+    )
+    assert [h.record.id for h in hits] == ["t1:1:user", "t1:1:assistant"]
+    assert hits[1].record.extra["neighbour_of"] == "t1:1:user"
+    assert hits[1].score == hits[0].score
+    # A neighbour never reaches into the excluded window turns.
+    hits = memory.search(
+        "ticket price", thread_id="t1", user_id=None, k=1, neighbours=3, exclude_turns_from=3
+    )
+    assert [h.record.turn for h in hits] == [2, 2]
