@@ -129,7 +129,7 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
     config = ApiConfig.from_settings(settings)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if service is not None:
             app.state.service = service
             yield

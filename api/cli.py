@@ -427,10 +427,10 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
 def bench_command(args: argparse.Namespace) -> int:
     """``steadychat bench NAME``: run one of the benchmarks under bench/."""
     if args.name == "locomo":
-        from bench.locomo import main as run
+        from bench import locomo as module
     else:
-        from bench.long_conversation import main as run
-    result = run(args.rest)
+        from bench import long_conversation as module  # type: ignore[no-redef]
+    result = module.main(args.rest)
     return int(result or 0)
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import START, MessagesState, StateGraph
 
@@ -55,7 +56,7 @@ async def run_naive(turns: list[str], folder: Path) -> dict[int, dict[str, float
     times: list[float] = []
     async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:
         graph = builder.compile(checkpointer=saver)
-        config = {"configurable": {"thread_id": "t"}}
+        config: RunnableConfig = {"configurable": {"thread_id": "t"}}
         for i, text in enumerate(turns, 1):
             start = time.perf_counter()
             state = await graph.ainvoke({"messages": [HumanMessage(content=text)]}, config)

@@ -47,26 +47,28 @@ def _no_remember(state: ChatState) -> dict[str, Any]:
     return {}
 
 
-def build_graph(deps: Deps) -> StateGraph:
+TurnGraph = StateGraph[ChatState, Context, ChatState, ChatState]
+
+
+def build_graph(deps: Deps) -> TurnGraph:
     """Return the uncompiled turn graph wired with ``deps``."""
     helper = deps.helper_model or deps.chat_model
-    builder = StateGraph(ChatState, context_schema=Context)
-    builder.add_node("begin_turn", make_begin_turn(deps.chat_model))
-    builder.add_node("extract_slots", make_extract_slots(helper))
-    builder.add_node(
-        "retrieve_memory",
-        make_retrieve_memory(deps.memory) if deps.memory is not None else _no_recall,
-    )
-    builder.add_node("compact_summary", make_compact_summary(helper, count_with=deps.chat_model))
-    builder.add_node(
-        "generate_reply",
-        make_generate_reply(
+    # Typed Any: LangGraph's add_node overloads cannot infer a union of node signatures.
+    nodes: dict[str, Any] = {
+        "begin_turn": make_begin_turn(deps.chat_model),
+        "extract_slots": make_extract_slots(helper),
+        "compact_summary": make_compact_summary(helper, count_with=deps.chat_model),
+        "retrieve_memory": (
+            make_retrieve_memory(deps.memory) if deps.memory is not None else _no_recall
+        ),
+        "generate_reply": make_generate_reply(
             deps.chat_model, profile_max_new_tokens=lambda p: get_profile(p).max_new_tokens
         ),
-    )
-    builder.add_node(
-        "remember", make_remember(deps.memory) if deps.memory is not None else _no_remember
-    )
+        "remember": make_remember(deps.memory) if deps.memory is not None else _no_remember,
+    }
+    builder = StateGraph(ChatState, context_schema=Context)
+    for name, node in nodes.items():
+        builder.add_node(name, node)
     builder.add_edge(START, "begin_turn")
     builder.add_edge("begin_turn", "extract_slots")
     builder.add_conditional_edges(
@@ -81,6 +83,6 @@ def build_graph(deps: Deps) -> StateGraph:
 
 def compile_graph(
     deps: Deps, *, checkpointer: BaseCheckpointSaver | None = None
-) -> CompiledStateGraph:
+) -> CompiledStateGraph[ChatState, Context, ChatState, ChatState]:
     """Compile the turn graph; ``checkpointer=None`` for LangGraph Studio, which brings its own."""
     return build_graph(deps).compile(checkpointer=checkpointer, name="steadychat")

@@ -12,13 +12,19 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    BaseMessageChunk,
+    HumanMessage,
+)
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
@@ -27,7 +33,14 @@ from langgraph.types import StateSnapshot
 from graph.builder import Deps, compile_graph
 from graph.context import Context
 from graph.settings import Settings
-from graph.state import ContextAccount, LongSummary, PendingQuestion, Slot, SummaryChunk
+from graph.state import (
+    ChatState,
+    ContextAccount,
+    LongSummary,
+    PendingQuestion,
+    Slot,
+    SummaryChunk,
+)
 from nodes.budget import ContextOverflowError
 from nodes.generate_reply import TurnCancelled
 from nodes.postprocess import postprocess_reply
@@ -206,7 +219,7 @@ class ChatService:
     def __init__(
         self,
         *,
-        graph: CompiledStateGraph,
+        graph: CompiledStateGraph[ChatState, Context, ChatState, ChatState],
         chat_model: BaseChatModel,
         checkpointer: BaseCheckpointSaver,
         registry: ThreadRegistry,
@@ -448,7 +461,8 @@ class ChatService:
         timestamp: datetime | None,
         queue: asyncio.Queue[TurnEvent | None],
     ) -> None:
-        assert ctx.cancel_event is not None
+        cancel_event = ctx.cancel_event
+        assert cancel_event is not None
         try:
             async with lock:
                 record = await self.registry.get(thread_id)
@@ -456,7 +470,7 @@ class ChatService:
                     raise ThreadNotFoundError(f"thread {thread_id!r} not found")
                 if owner is not None and ctx.user_id == Context().user_id:
                     ctx = replace(ctx, user_id=owner)
-                self._running[thread_id] = ctx.cancel_event
+                self._running[thread_id] = cancel_event
                 try:
                     result = await self._run_locked(thread_id, text, ctx, timestamp, queue)
                 finally:
@@ -493,15 +507,17 @@ class ChatService:
         try:
             # aclosing: LangGraph writes its exit checkpoint when the stream closes, so it must
             # be closed before a rollback, never after it.
-            async with contextlib.aclosing(
+            events = cast(
+                AsyncGenerator[tuple[BaseMessageChunk, dict[str, Any]], None],
                 self.graph.astream(
                     {"messages": [user]},
                     config,
                     context=ctx,
                     stream_mode="messages",
                     durability="exit",
-                )
-            ) as stream:
+                ),
+            )
+            async with contextlib.aclosing(events) as stream:
                 async for chunk, meta in stream:
                     if ctx.cancel_event.is_set():
                         raise TurnCancelledError("the turn was cancelled")
@@ -527,7 +543,7 @@ class ChatService:
         after = await self.graph.aget_state(config)
         values = after.values or {}
         turn = int(values.get("turn") or 0)
-        account: ContextAccount = values.get("context_account") or {}
+        account = cast(ContextAccount, values.get("context_account") or {})
         last = (values.get("messages") or [None])[-1]
         reply = str(last.content) if last is not None and last.type == "ai" else ""
         finish = (last.response_metadata or {}).get("finish_reason", "stop") if last else "stop"
@@ -579,7 +595,10 @@ class ChatService:
     ) -> AsyncIterator[AIMessageChunk]:
         """Stateless streaming completion; closing the iterator stops generation."""
         cancel = threading.Event()
-        stream = self.chat_model.astream(messages, cancel_event=cancel, **generation)
+        stream = cast(
+            AsyncGenerator[BaseMessageChunk, None],
+            self.chat_model.astream(messages, cancel_event=cancel, **generation),
+        )
         try:
             async for chunk in stream:
                 yield cast(AIMessageChunk, chunk)
@@ -660,10 +679,9 @@ async def open_service(
     if chat_model is None:
         chat_model = await asyncio.to_thread(load_chat_model, settings)
     if memory is None:
-        emb = embedder if not isinstance(embedder, str | None) else None
-        if emb is None:
-            emb = await asyncio.to_thread(load_embedder, embedder or settings.embedder)
-        memory = await asyncio.to_thread(memory_from_settings, settings, emb)
+        if embedder is None or isinstance(embedder, str):
+            embedder = await asyncio.to_thread(load_embedder, embedder or settings.embedder)
+        memory = await asyncio.to_thread(memory_from_settings, settings, embedder)
     url = settings.resolved_checkpointer_url()
     async with open_checkpointer(url) as saver, open_thread_registry(url) as registry:
         graph = compile_graph(Deps(chat_model=chat_model, memory=memory), checkpointer=saver)

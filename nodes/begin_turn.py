@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 from langgraph.runtime import Runtime
 
 from graph.context import Context
@@ -32,7 +32,7 @@ def make_begin_turn(
                 "additional_kwargs": {**user.additional_kwargs, "turn": turn, "timestamp": stamp}
             }
         )
-        window_tokens = chat_model.get_num_tokens_from_messages(messages)
+        window_tokens = chat_model.get_num_tokens_from_messages(list[BaseMessage](messages))
         return {
             "messages": [stamped],
             "turn": turn,

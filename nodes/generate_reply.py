@@ -63,7 +63,8 @@ def _long_summary_text(l2: LongSummary) -> str:
 
 
 def _snippet_text(s: Snippet) -> str:
-    when = f", {s['timestamp'][:10]}" if s.get("timestamp") else ""
+    stamp = s.get("timestamp")
+    when = f", {stamp[:10]}" if stamp else ""
     return f"- [turn {s['turn']}{when}, {s['role']}] {s['text']}"
 
 

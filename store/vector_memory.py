@@ -301,7 +301,7 @@ class ChromaMemory:
         # second check, or wrote before this delete and is removed by it.
         self._tombstones.upsert(
             ids=[thread_id],
-            embeddings=[[1.0]],
+            embeddings=np.ones((1, 1), dtype=np.float32),
             metadatas=[{"deleted_at": datetime.now(UTC).isoformat()}],
         )
         where: Where = {"thread_id": thread_id}
@@ -420,7 +420,7 @@ class ChromaMemory:
         if user_id is not None:
             conditions.append({"user_id": user_id})
         if exclude_turns_from is not None:
-            conditions.append({"turn": {"$lt": int(exclude_turns_from)}})
+            conditions.append(cast(Where, {"turn": {"$lt": int(exclude_turns_from)}}))
         where = _all_of(conditions)
 
         stored = self._collection.get(where=where, include=["documents", "metadatas"])

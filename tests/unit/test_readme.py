@@ -11,9 +11,7 @@ ROOT = Path(__file__).parents[2]
 
 def test_every_setting_is_in_the_readme_table() -> None:
     readme = (ROOT / "README.md").read_text()
-    missing = [
-        name for name in Settings.model_fields if f"STEADYCHAT_{name.upper()}" not in readme
-    ]
+    missing = [name for name in Settings.model_fields if f"STEADYCHAT_{name.upper()}" not in readme]
     assert missing == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,29 @@ def test_neighbours_bring_the_reply_that_followed_a_recalled_turn(memory: Chroma
         "ticket price", thread_id="t1", user_id=None, k=1, neighbours=3, exclude_turns_from=3
     )
     assert [h.record.turn for h in hits] == [2, 2]
+
+
+class DeletingEmbedder(CharFrequencyEmbedder):
+    """Deletes a thread while an add() is embedding: a delete racing with a write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.memory: ChromaMemory | None = None
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.memory is not None:
+            memory, self.memory = self.memory, None
+            memory.delete_thread("t1")
+        return super().embed_documents(texts)
+
+
+def test_a_delete_landing_during_a_write_wins() -> None:
+    embedder = DeletingEmbedder()
+    memory = ChromaMemory.ephemeral(embedder)
+    memory.add([rec("t1", 1, "written before the delete"), rec("t2", 1, "another thread")])
+    embedder.memory = memory
+    with pytest.raises(ThreadDeletedError):
+        memory.add([rec("t1", 2, "in flight when the thread is deleted")])
+    assert memory.count(thread_id="t1") == 0
+    assert memory.search("flight", thread_id="t1", user_id=None, k=5) == []
+    assert memory.count(thread_id="t2") == 1
