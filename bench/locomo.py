@@ -390,7 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("budgets must be positive")
     if args.neighbours < 0:
         parser.error("--neighbours must be >= 0")
-    conversations = load_conversations(args.data)[: args.conversations]
+    try:
+        conversations = load_conversations(args.data)[: args.conversations]
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
     embedder = load_embedder(args.embedder)
     started = time.perf_counter()
     outcomes = evaluate(

@@ -23,6 +23,8 @@ class Context:
     """Recalled memories per turn."""
     score_floor: float = 0.0
     """Recalled memories scoring below this are dropped."""
+    memory_neighbours: int = 1
+    """Records that follow each recalled one in its thread (the reply to a recalled question)."""
     cross_thread_memory: bool = False
     """Recall from all of this user's threads, not just this one."""
     context_window: int = 8192

@@ -118,6 +118,7 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
                     user_id=ctx.user_id,
                     k=ctx.top_k + extra,
                     min_score=ctx.score_floor,
+                    neighbours=ctx.memory_neighbours,
                 )
                 hits = [
                     h
@@ -136,6 +137,7 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
                     k=ctx.top_k,
                     min_score=ctx.score_floor,
                     exclude_turns_from=window_start,
+                    neighbours=ctx.memory_neighbours,
                 )
         except Exception:
             logger.exception(

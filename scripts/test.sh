@@ -16,5 +16,7 @@ fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 ANONYMIZED_TELEMETRY=False
 export LANGGRAPH_CLI_NO_ANALYTICS=1 LANGGRAPH_NO_VERSION_CHECK=1 LANGSMITH_TRACING=false
 export TOKENIZERS_PARALLELISM=false
-.venv/bin/ruff check graph nodes store api bench tests
+.venv/bin/ruff check .
+.venv/bin/ruff format --check . >/dev/null
+.venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"

@@ -64,7 +64,7 @@ def test_recalls_relevant_turns_of_this_thread_with_turn_date_and_score(
 ) -> None:
     node = make_retrieve_memory(memory)
     state: ChatState = {"messages": [human("What does Miso the cat hate?", 9)], "turn": 9}
-    out = node(state, Runtime(context=Context(top_k=2)), config())
+    out = node(state, Runtime(context=Context(memory_neighbours=0, top_k=2)), config())
     recalled = out["recalled"]
     assert len(recalled) == 2
     assert {s["thread_id"] for s in recalled} == {"t1"}
@@ -80,7 +80,11 @@ def test_turns_in_the_verbatim_window_are_not_recalled(memory: ChromaMemory) -> 
     node = make_retrieve_memory(memory)
     messages = [human("Miso knocked a plant over", 8), ai("Oh no!", 8), human("Miso again?", 9)]
     assert window_start_turn(messages) == 8
-    out = node({"messages": messages, "turn": 9}, Runtime(context=Context(top_k=10)), config())
+    out = node(
+        {"messages": messages, "turn": 9},
+        Runtime(context=Context(memory_neighbours=0, top_k=10)),
+        config(),
+    )
     assert out["recalled"]
     assert all(s["turn"] < 8 for s in out["recalled"])
 
@@ -88,7 +92,7 @@ def test_turns_in_the_verbatim_window_are_not_recalled(memory: ChromaMemory) -> 
 def test_cross_thread_memory_recalls_the_users_other_threads_only(memory: ChromaMemory) -> None:
     node = make_retrieve_memory(memory)
     messages = [human("Miso knocked a plant over", 8), human("Tell me about Miso the cat", 9)]
-    ctx = Context(top_k=10, cross_thread_memory=True, user_id="u1")
+    ctx = Context(memory_neighbours=0, top_k=10, cross_thread_memory=True, user_id="u1")
     out = node({"messages": messages, "turn": 9}, Runtime(context=ctx), config())
     threads = {s["thread_id"] for s in out["recalled"]}
     assert threads == {"t1", "t2"}
@@ -99,7 +103,7 @@ def test_without_cross_thread_memory_other_threads_stay_private(memory: ChromaMe
     node = make_retrieve_memory(memory)
     out = node(
         {"messages": [human("Miso the cat", 5)], "turn": 5},
-        Runtime(context=Context(top_k=10)),
+        Runtime(context=Context(memory_neighbours=0, top_k=10)),
         config("t2"),
     )
     assert [s["thread_id"] for s in out["recalled"]] == ["t2"]
@@ -108,12 +112,18 @@ def test_without_cross_thread_memory_other_threads_stay_private(memory: ChromaMe
 def test_score_floor_and_top_k_come_from_the_context(memory: ChromaMemory) -> None:
     node = make_retrieve_memory(memory)
     state: ChatState = {"messages": [human("passport renewal reminder", 9)], "turn": 9}
-    everything = node(state, Runtime(context=Context(top_k=10)), config())["recalled"]
+    everything = node(state, Runtime(context=Context(memory_neighbours=0, top_k=10)), config())[
+        "recalled"
+    ]
     assert len(everything) >= 3
     floor = everything[0]["score"] - 1e-6
-    out = node(state, Runtime(context=Context(top_k=10, score_floor=floor)), config())
+    out = node(
+        state, Runtime(context=Context(memory_neighbours=0, top_k=10, score_floor=floor)), config()
+    )
     assert [s["text"] for s in out["recalled"]] == ["Please remind me to renew my passport."]
-    assert node(state, Runtime(context=Context(top_k=0)), config()) == {"recalled": []}
+    assert node(state, Runtime(context=Context(memory_neighbours=0, top_k=0)), config()) == {
+        "recalled": []
+    }
 
 
 def test_no_thread_no_text_or_no_context_recalls_nothing_safely(memory: ChromaMemory) -> None:
@@ -121,8 +131,8 @@ def test_no_thread_no_text_or_no_context_recalls_nothing_safely(memory: ChromaMe
     state: ChatState = {"messages": [human("Miso", 9)], "turn": 9}
     assert node(state, Runtime(context=None), config(None)) == {"recalled": []}
     assert node({"messages": [], "turn": 0}, Runtime(context=None), config()) == {"recalled": []}
-    # runtime.context None means defaults: this thread, top 4.
-    assert len(node(state, Runtime(context=None), config())["recalled"]) == 4
+    # runtime.context None means defaults: this thread, top 4, each with one neighbour at most.
+    assert 4 <= len(node(state, Runtime(context=None), config())["recalled"]) <= 8
 
 
 class BrokenMemory:
@@ -158,6 +168,38 @@ def test_langgraph_injects_thread_id_and_context_into_the_node(memory: ChromaMem
     result = graph.invoke(
         {"messages": [human("Where did I move to?", 9)], "turn": 9},
         config={"configurable": {"thread_id": "t1"}},
-        context=Context(top_k=1),
+        context=Context(memory_neighbours=0, top_k=1),
     )
     assert [s["text"] for s in result["recalled"]] == ["I moved to Rotterdam last spring."]
+
+
+def test_neighbours_bring_the_reply_to_a_recalled_question() -> None:
+    memory = ChromaMemory.ephemeral(CharFrequencyEmbedder())
+    memory.add(
+        [
+            MemoryRecord(
+                id="t1:1:user",
+                text="Where did I park the red bicycle?",
+                thread_id="t1",
+                user_id="u",
+                turn=1,
+                role="user",
+            ),
+            MemoryRecord(
+                id="t1:1:assistant",
+                text="Behind the library, next to the fountain.",
+                thread_id="t1",
+                user_id="u",
+                turn=1,
+                role="assistant",
+            ),
+        ]
+    )
+    node = make_retrieve_memory(memory)
+    state = {
+        "messages": [HumanMessage("the red bicycle parking spot?", additional_kwargs={"turn": 5})],
+        "turn": 5,
+    }
+    with_neighbours = node(state, Runtime(context=Context(top_k=1)), config())["recalled"]
+    texts = [s["text"] for s in with_neighbours]
+    assert any("fountain" in t for t in texts)
