@@ -23,6 +23,7 @@ class ReplayStep:
     text: str
     timestamp: datetime | None = None
     recorded_reply: str | None = None
+    recorded_timestamp: datetime | None = None
 
 
 def parse_transcript(items: Any) -> list[ReplayStep]:
@@ -51,7 +52,9 @@ def parse_transcript(items: Any) -> list[ReplayStep]:
         elif role == "assistant":
             if not steps or steps[-1].recorded_reply is not None:
                 raise ValueError(f"item {i}: an assistant turn must follow a user turn")
-            steps[-1] = dataclasses.replace(steps[-1], recorded_reply=item["content"])
+            steps[-1] = dataclasses.replace(
+                steps[-1], recorded_reply=item["content"], recorded_timestamp=when
+            )
         else:
             raise ValueError(f"item {i}: unknown role {role!r} (user or assistant)")
     return steps
@@ -69,7 +72,12 @@ async def replay(
     await service.ensure_thread(thread_id, owner=owner)
     turn = 0
     for i, step in enumerate(steps, 1):
-        ctx = service.context(recorded_reply=step.recorded_reply)
+        ctx = service.context(
+            recorded_reply=step.recorded_reply,
+            recorded_reply_timestamp=(
+                step.recorded_timestamp.isoformat() if step.recorded_timestamp else None
+            ),
+        )
         result = await service.run_turn(
             thread_id, step.text, owner=owner, context=ctx, timestamp=step.timestamp
         )

@@ -48,5 +48,7 @@ class Context:
     repetition_penalty, seed, stop, enable_thinking."""
     recorded_reply: str | None = None
     """Store this text as the assistant's reply instead of generating one (transcript replay)."""
+    recorded_reply_timestamp: str | None = None
+    """ISO-8601 time of the recorded reply; defaults to the user message's time when replaying."""
     cancel_event: threading.Event | None = None
     """Set by the caller (a disconnected client) to stop generation early."""

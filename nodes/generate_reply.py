@@ -174,9 +174,13 @@ def make_generate_reply(
             "profile": ctx.profile,
             "usage": usage,
         }
+        if ctx.recorded_reply is not None:
+            stamp = ctx.recorded_reply_timestamp or user.additional_kwargs.get("timestamp")
+        else:
+            stamp = None
         ai = AIMessage(
             content=text,
-            additional_kwargs={"turn": turn, "timestamp": datetime.now(UTC).isoformat()},
+            additional_kwargs={"turn": turn, "timestamp": stamp or datetime.now(UTC).isoformat()},
             response_metadata={"finish_reason": finish_reason},
         )
         pending = resolve_pending(state.get("pending_questions") or [], text, finish_reason, turn)
