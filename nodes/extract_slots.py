@@ -32,6 +32,10 @@ _TOPIC_TURNS = 3
 """User turns (this one included) the topic is computed from."""
 _ENTITY_SLOTS = frozenset({"name", "order_id", "ticket_id"})
 
+_PERSONAL_SLOTS = frozenset({"name", "email", "phone"})
+# Words that introduce personal details ("my name is ..."): no topic on their own.
+_PERSONAL_CUES = ["name", "email", "e-mail", "phone", "mobile", "called", "名字", "邮箱", "电话"]
+
 
 def message_text(message: BaseMessage) -> str:
     """The plain text of a message (text blocks joined when the content is a list).
@@ -118,7 +122,15 @@ def make_extract_slots(
 
         task = next((f.value for f in findings if f.name == "task"), None)
         recent = [message_text(m) for m in human[-_TOPIC_TURNS:]]
-        topic = next_topic(state.get("topic"), recent, task=task)
+        # Who the user is (name, contact details) is a fact about them, not what they talk about.
+        personal = [
+            str(slot["value"])
+            for name, slot in current.items()
+            if name in _PERSONAL_SLOTS and slot.get("value")
+        ]
+        if personal:
+            personal += _PERSONAL_CUES
+        topic = next_topic(state.get("topic"), recent, task=task, exclude=personal)
 
         mentioned = extract_entities(text)
         known = {e.casefold() for e in mentioned}

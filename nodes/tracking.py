@@ -175,8 +175,9 @@ def _phrases(text: str) -> list[str]:
     return out
 
 
-def _salient_phrase(user_texts: Sequence[str]) -> str | None:
+def _salient_phrase(user_texts: Sequence[str], exclude: Sequence[str] = ()) -> str | None:
     latest = normalize_text(user_texts[-1])
+    excluded = set().union(*(terms(value) for value in exclude)) if exclude else set()
     weights: dict[str, float] = {}
     # The latest turn counts fully and earlier ones less, so the phrase tracks what the user is
     # talking about now while words that keep coming back weigh more.
@@ -186,7 +187,7 @@ def _salient_phrase(user_texts: Sequence[str]) -> str | None:
     best: tuple[float, str] | None = None
     for phrase in _phrases(latest):
         phrase_terms = terms(phrase)
-        if not phrase_terms:
+        if not phrase_terms or phrase_terms <= excluded:
             continue
         # Mean weight, so a long phrase does not win by length alone; a small bonus per term
         # prefers "market report" to "report" when both are as salient.
@@ -198,7 +199,11 @@ def _salient_phrase(user_texts: Sequence[str]) -> str | None:
 
 
 def next_topic(
-    current: str | None, user_texts: Sequence[str], *, task: str | None = None
+    current: str | None,
+    user_texts: Sequence[str],
+    *,
+    task: str | None = None,
+    exclude: Sequence[str] = (),
 ) -> str | None:
     """The topic after this turn: kept while the user stays on it, replaced when they move on.
 
@@ -211,6 +216,7 @@ def next_topic(
         current: The topic so far (None at the start).
         user_texts: Recent user messages, oldest first; the last one is this turn's.
         task: The task stated this turn, if the rule pass found one.
+        exclude: Values that are never a topic on their own (the user's name, contacts).
 
     Returns:
         The topic phrase, or None when nothing salient was said yet.
@@ -228,7 +234,7 @@ def next_topic(
                     return topic
     if task:
         return _task_topic(task)
-    candidate = _salient_phrase(user_texts)
+    candidate = _salient_phrase(user_texts, exclude)
     if current is None or candidate is None:
         return current if candidate is None else candidate
     recent = set().union(*(terms(t) for t in user_texts[-2:]))

@@ -282,3 +282,18 @@ def test_unrelated_memos_do_not_overwrite_each_other(graph: CompiledStateGraph) 
         "memo:hotel": "my hotel is the Hilton",
     }
     assert slots["memo:flight"]["history"][0]["value"] == "my flight is on Friday"
+
+
+def test_the_users_name_is_not_taken_for_the_topic() -> None:
+    node = make_extract_slots()
+    state: ChatState = {
+        "messages": [HumanMessage("Hi, my name is Ada Lovelace and my order number is #A1001.")],
+        "turn": 1,
+    }
+    out = node(state, Runtime(context=Context()))
+    assert out["slots"]["name"]["value"] == "Ada Lovelace"
+    assert out["topic"] is not None and "Ada" not in out["topic"]
+    only_name = node(
+        {"messages": [HumanMessage("hello, my name is Bob")], "turn": 1}, Runtime(context=Context())
+    )
+    assert only_name["topic"] is None
