@@ -146,6 +146,16 @@ class TurnEvent:
     error: ServiceError | None = None
 
 
+def valid_thread_id(thread_id: object) -> bool:
+    """Whether ``thread_id`` can name a thread: 1-200 printable characters, not all blank."""
+    return (
+        isinstance(thread_id, str)
+        and 0 < len(thread_id) <= 200
+        and thread_id.isprintable()
+        and bool(thread_id.strip())
+    )
+
+
 class _ThreadLocks:
     """One asyncio lock per thread, dropped when nobody holds or waits for it.
 
@@ -252,6 +262,8 @@ class ChatService:
         return {"configurable": {"thread_id": thread_id}}
 
     async def _info(self, thread_id: str, owner: str | None) -> ThreadInfo:
+        if not valid_thread_id(thread_id):
+            raise ThreadNotFoundError(f"thread {thread_id!r} not found")
         record = await self.registry.get(thread_id)
         if record is None or (owner is not None and record.owner != owner):
             raise ThreadNotFoundError(f"thread {thread_id!r} not found")
@@ -268,6 +280,8 @@ class ChatService:
     ) -> ThreadInfo:
         """Register a thread (id generated when not given; an existing id raises ServiceError)."""
         thread_id = thread_id or uuid.uuid4().hex
+        if not valid_thread_id(thread_id):
+            raise ServiceError("a thread id is 1 to 200 printable characters, not only white space")
         if await self.registry.is_deleted(thread_id):
             raise ServiceError(f"thread id {thread_id!r} belonged to a deleted thread")
         try:
@@ -280,6 +294,8 @@ class ChatService:
 
     async def ensure_thread(self, thread_id: str, *, owner: str = "anonymous") -> ThreadInfo:
         """The thread, created for ``owner`` if it does not exist yet."""
+        if not valid_thread_id(thread_id):
+            raise ServiceError("a thread id is 1 to 200 printable characters, not only white space")
         record = await self.registry.get(thread_id)
         if record is None:
             if await self.registry.is_deleted(thread_id):

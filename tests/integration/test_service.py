@@ -167,3 +167,16 @@ async def test_message_that_cannot_fit_is_a_context_error(service: ChatService):
     with pytest.raises(ContextLengthError):
         await service.run_turn("t", "word " * 5000)
     assert (await service.get_thread("t")).window == []
+
+
+@pytest.mark.parametrize("bad", ["", " ", "\n", "a\x00b", "x" * 201])
+async def test_impossible_thread_ids_are_not_found_or_refused(service: ChatService, bad: str):
+    with pytest.raises(ThreadNotFoundError):
+        await service.get_thread(bad)
+    with pytest.raises(ThreadNotFoundError):
+        await service.run_turn(bad, "hello")
+    with pytest.raises(ServiceError):
+        await service.ensure_thread(bad)
+    if bad:  # an empty id means "generate one"
+        with pytest.raises(ServiceError):
+            await service.create_thread(thread_id=bad)
