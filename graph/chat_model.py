@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import queue
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ from pydantic import ConfigDict, PrivateAttr, model_validator
 from graph.profiles import get_profile, resolve_generation
 
 __all__ = ["QwenChatModel", "StopSequenceFilter", "ThinkStripper"]
+
+# Lone UTF-16 surrogates (JSON "\ud800") are valid in a Python str but not in UTF-8: the
+# tokenizer rejects them with a TypeError. They become U+FFFD, as a UTF-8 decoder would do.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -367,7 +372,7 @@ class QwenChatModel(ChatHuggingFace):
                 f"QwenChatModel accepts system, human and ai messages only, not {message.type!r} "
                 "(tool and function messages are not supported by the local pipeline)"
             )
-        return {"role": role, "content": _text_content(message)}
+        return {"role": role, "content": _SURROGATES.sub("\ufffd", _text_content(message))}
 
     def _to_chat_prompt(
         self, messages: list[BaseMessage], enable_thinking: bool | None = None
@@ -392,6 +397,7 @@ class QwenChatModel(ChatHuggingFace):
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` under the model's own tokenizer (no special tokens added)."""
+        text = _SURROGATES.sub("\ufffd", text)
         with self._tokenizer_lock:
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

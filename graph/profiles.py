@@ -91,6 +91,10 @@ PROFILES: dict[str, GenerationProfile] = {
     "precise": GenerationProfile(name="precise", temperature=0.0, max_new_tokens=1024),
 }
 
+_GREEDY_BELOW = 1e-5
+"""Temperatures below this decode greedily: it is their limit, and dividing logits by a
+vanishing temperature (1e-40) overflows to inf, which makes sampling crash."""
+
 _OVERRIDES = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
 
 
@@ -125,8 +129,8 @@ def resolve_generation(profile: str | GenerationProfile = "general", **overrides
     Returns:
         kwargs for ``transformers`` ``generate``: ``do_sample`` plus, when sampling,
         ``temperature``/``top_p``/``top_k``; ``repetition_penalty`` and ``max_new_tokens``.
-        Temperature 0 gives ``do_sample=False`` and no sampling knobs, so transformers
-        neither raises nor warns.
+        Temperature 0 (or below 1e-5) gives ``do_sample=False`` and no sampling knobs, so
+        transformers neither raises nor warns.
 
     Raises:
         ValueError: Unknown profile or override, or an out-of-range value.
@@ -141,7 +145,7 @@ def resolve_generation(profile: str | GenerationProfile = "general", **overrides
     _validate(**given)
     merged = replace(base, **given) if given else base
     kwargs: dict[str, Any] = {"max_new_tokens": merged.max_new_tokens}
-    if merged.temperature == 0:
+    if merged.temperature < _GREEDY_BELOW:
         kwargs["do_sample"] = False
     else:
         kwargs["do_sample"] = True

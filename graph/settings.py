@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -127,6 +127,15 @@ class Settings(BaseSettings):
             "checkpointer_url must be 'memory', 'sqlite:///path' or 'postgresql://...', "
             f"not {value!r}"
         )
+
+    @model_validator(mode="after")
+    def _check_reply_room(self) -> Settings:
+        if self.max_new_tokens is not None and self.max_new_tokens >= self.context_window:
+            raise ValueError(
+                f"max_new_tokens ({self.max_new_tokens}) must be below context_window "
+                f"({self.context_window}): the prompt needs room in the same window"
+            )
+        return self
 
     def resolved_checkpointer_url(self) -> str:
         """The checkpointer URL with the default filled in.

@@ -68,6 +68,28 @@ def _snippet_text(s: Snippet) -> str:
     return f"- [turn {s['turn']}{when}, {s['role']}] {s['text']}"
 
 
+def memory_labels(recalled: list[Snippet]) -> list[str]:
+    """A distinct section label per recalled snippet, in the order given.
+
+    ``memory:t<turn>:<role>`` (facts add their slot: ``memory:t3:fact:email``); a label that
+    would repeat (same turn and role from another thread) becomes ``memory:<snippet id>``, so
+    the account says exactly which snippet was dropped or kept.
+    """
+    labels: list[str] = []
+    used: set[str] = set()
+    for snip in recalled:
+        label = f"memory:t{snip['turn']}:{snip['role']}"
+        if snip["role"] == "fact":
+            label += ":" + str(snip["id"]).rsplit(":", 1)[-1]
+        if label in used:
+            label = f"memory:{snip['id']}"
+        while label in used:
+            label += "+"
+        used.add(label)
+        labels.append(label)
+    return labels
+
+
 def build_sections(state: ChatState) -> list[Section]:
     """The optional parts of the system message, each with its drop priority."""
     sections: list[Section] = []
@@ -90,17 +112,34 @@ def build_sections(state: ChatState) -> list[Section]:
                 priority=20 + min(19, i * 20 // max(1, len(l1))),
             )
         )
-    recalled = sorted(state.get("recalled") or [], key=lambda s: s["score"])
-    for i, snip in enumerate(recalled):
+    recalled = list(state.get("recalled") or [])
+    labelled = sorted(
+        zip(recalled, memory_labels(recalled), strict=True), key=lambda p: p[0]["score"]
+    )
+    for i, (snip, label) in enumerate(labelled):
         sections.append(
             Section(
                 kind="memories",
-                label=f"memory:t{snip['turn']}:{snip['role']}",
+                label=label,
                 text=_snippet_text(snip),
                 priority=10 + min(9, i),
             )
         )
     return sections
+
+
+def _prompt_counter(chat_model: BaseChatModel, generation: dict[str, Any]) -> BaseChatModel:
+    """The model as this call renders its prompt, for counting it exactly.
+
+    A per-call ``enable_thinking`` changes the chat template's output (an empty think block),
+    so the prompt is counted with a copy of the model that has the same setting.
+    """
+    thinking = generation.get("enable_thinking")
+    if thinking is None or "enable_thinking" not in type(chat_model).model_fields:
+        return chat_model
+    if getattr(chat_model, "enable_thinking", None) == thinking:
+        return chat_model
+    return chat_model.model_copy(update={"enable_thinking": thinking})
 
 
 def make_generate_reply(
@@ -123,14 +162,19 @@ def make_generate_reply(
         user = messages[-1]
         window = messages[:-1]
 
-        max_new = ctx.max_new_tokens or profile_max_new_tokens(ctx.profile)
         context_window = min(
             ctx.context_window, getattr(chat_model, "context_window", None) or ctx.context_window
         )
+        if ctx.max_new_tokens:
+            max_new = ctx.max_new_tokens  # asked for explicitly: honoured or refused, not cut
+        else:
+            # A profile's reply length (up to 2048) must not crowd out the prompt when the
+            # deployment runs a small context window: it gets half of the window at most.
+            max_new = min(profile_max_new_tokens(ctx.profile), max(1, context_window // 2))
         budget = context_window - max_new
         rules = system_prompt(ctx.profile, persona=ctx.persona, role=ctx.system_prompt)
         assembled = assemble_prompt(
-            chat_model,
+            _prompt_counter(chat_model, ctx.generation),
             rules=rules,
             sections=build_sections(state),
             headings=HEADINGS,
@@ -160,8 +204,9 @@ def make_generate_reply(
         text = postprocess_reply(raw)
 
         kept = set(assembled.kept_labels)
+        recalled = list(state.get("recalled") or [])
         recalled_used = [
-            s for s in state.get("recalled") or [] if f"memory:t{s['turn']}:{s['role']}" in kept
+            s for s, label in zip(recalled, memory_labels(recalled), strict=True) if label in kept
         ]
         account: ContextAccount = {
             "turn": turn,

@@ -28,24 +28,39 @@ def _key(sentence: str) -> str:
     return re.sub(r"\W+", " ", sentence).strip().lower()
 
 
+# A fenced code block (``` or ~~~), up to its closing fence or the end of the reply.
+_FENCE = re.compile(r"^[ \t]*(```|~~~).*?(?:^[ \t]*\1[^\n]*$|\Z)", re.DOTALL | re.MULTILINE)
+
+
 def collapse_repeats(text: str, *, min_chars: int = 8) -> str:
     """Drop sentences that repeat an earlier sentence of the same reply.
 
     Small models under long contexts loop ("I can help. I can help. I can help."); a repeated
     sentence adds nothing. Short fragments (under ``min_chars`` of word characters) are kept, as
-    repeats of "Yes." or list markers are legitimate.
+    repeats of "Yes." or list markers are legitimate. Fenced code blocks are left exactly as
+    they are: repeated lines are normal in code. A dropped sentence's line break is kept.
     """
     seen: set[str] = set()
     out: list[str] = []
-    for match in _SENTENCE.finditer(text):
-        sentence = match.group(0)
-        key = _key(sentence)
-        if len(key) >= min_chars and key in seen:
-            continue
-        seen.add(key)
-        out.append(sentence)
-    result = "".join(out)
-    return re.sub(r"\n{3,}", "\n\n", result).strip()
+    pos = 0
+    for fence in [*_FENCE.finditer(text), None]:
+        prose = text[pos : fence.start() if fence else len(text)]
+        kept: list[str] = []
+        for match in _SENTENCE.finditer(prose):
+            sentence = match.group(0)
+            key = _key(sentence)
+            if len(key) >= min_chars and key in seen:
+                if "\n" in sentence and kept and not kept[-1].endswith("\n"):
+                    kept.append("\n")
+                continue
+            seen.add(key)
+            kept.append(sentence)
+        out.append(re.sub(r"\n{3,}", "\n\n", "".join(kept)))
+        if fence is None:
+            break
+        out.append(fence.group(0))
+        pos = fence.end()
+    return "".join(out).strip()
 
 
 def postprocess_reply(text: str) -> str:

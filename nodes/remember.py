@@ -12,6 +12,7 @@ from langgraph.runtime import Runtime
 
 from graph.context import Context
 from graph.state import ChatState, Slot
+from nodes.generate_reply import TurnCancelled
 from store.types import MemoryRecord, MemoryStore, ThreadDeletedError
 
 __all__ = ["exchange_records", "make_remember"]
@@ -137,6 +138,7 @@ def make_remember(memory: MemoryStore) -> RememberNode:
 
         Raises:
             ThreadDeletedError: The thread was deleted while the turn ran.
+            TurnCancelled: The turn was cancelled (it is being rolled back).
         """
         ctx = runtime.context or Context()
         thread_id = (config.get("configurable") or {}).get("thread_id")
@@ -146,6 +148,9 @@ def make_remember(memory: MemoryStore) -> RememberNode:
         records = exchange_records(state, thread_id=str(thread_id), user_id=ctx.user_id)
         if not records:
             return {}
+        if ctx.cancel_event is not None and ctx.cancel_event.is_set():
+            # The caller is rolling this turn back: memory must not keep what the thread won't.
+            raise TurnCancelled("the turn was cancelled before it was remembered")
         try:
             memory.add(records)
         except ThreadDeletedError:

@@ -68,6 +68,19 @@ def _snippet(hit: MemoryHit) -> Snippet:
     )
 
 
+def _top_memories(hits: Sequence[MemoryHit], k: int) -> list[MemoryHit]:
+    """The first ``k`` memories with the neighbours that follow each (as ``search`` counts)."""
+    kept: list[MemoryHit] = []
+    anchors = 0
+    for hit in hits:
+        if "neighbour_of" not in hit.record.extra:
+            if anchors == k:
+                break
+            anchors += 1
+        kept.append(hit)
+    return kept
+
+
 def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
     """Build the ``retrieve_memory`` node over a memory store.
 
@@ -120,15 +133,18 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
                     min_score=ctx.score_floor,
                     neighbours=ctx.memory_neighbours,
                 )
-                hits = [
-                    h
-                    for h in hits
-                    if not (
-                        h.record.thread_id == thread_id
-                        and window_start is not None
-                        and h.record.turn >= window_start
-                    )
-                ][: ctx.top_k]
+                hits = _top_memories(
+                    [
+                        h
+                        for h in hits
+                        if not (
+                            h.record.thread_id == thread_id
+                            and window_start is not None
+                            and h.record.turn >= window_start
+                        )
+                    ],
+                    ctx.top_k,
+                )
             else:
                 hits = memory.search(
                     query,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langgraph.constants import TAG_NOSTREAM
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from nodes.slot_rules import SlotFinding, memo_key, normalize_text, split_sentences, style_dimension
@@ -43,7 +44,7 @@ If nothing applies, reply {}."""
 class ModelSlots(BaseModel):
     """The JSON object the model must return (unknown keys are an error worth a retry)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
     name: str | None = None
     email: str | None = None
@@ -151,7 +152,13 @@ def extract_model_slots(
     ]
     for attempt in range(2):
         reply = chat_model.invoke(
-            messages, profile="precise", temperature=0, max_new_tokens=max_new_tokens
+            messages,
+            # Not the reply: kept out of stream_mode="messages" (the service's token stream,
+            # Studio), like the summary calls.
+            config={"tags": [TAG_NOSTREAM], "run_name": "extract_slots_model_pass"},
+            profile="precise",
+            temperature=0,
+            max_new_tokens=max_new_tokens,
         )
         content = reply.content if isinstance(reply.content, str) else str(reply.content)
         try:

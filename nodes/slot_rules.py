@@ -198,7 +198,9 @@ _NOT_NAMES = _wordset(
 )
 _LATIN_NAME_WORD = re.compile(r"[A-Za-z][A-Za-z'’\-]*")
 _CJK_NAME = r"[\u4e00-\u9fff·]{2,4}?"
-_NAME_TERM = r"(?=$|[^\w]|今年|来自|住在|在|是|和|我|,)"
+# What may follow a Chinese name: the end, punctuation, the next clause, or a sentence-final
+# particle ("叫我老李吧", "我是李明呀", "叫我小王就行"), which is never part of the name.
+_NAME_TERM = r"(?=$|[^\w]|今年|来自|住在|在|是|和|我|,|[吧啊呀哦喔噢啦哈嘛呢哟]|就)"
 _ZH_NAME_BLOCK = re.compile(r"^(?:什么|啥|谁|了|过|着|一|你|他|她|它|这|那|个|名字)")
 _ZH_SURNAMES = frozenset(
     "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏"
@@ -580,6 +582,18 @@ def _clean_phrase(text: str, limit: int = 120) -> str:
 _Add = Callable[[int, str, str, str, str], None]
 
 
+# "..., not b@x.com" / "不是 old@x.com": the value right after a negation is the one the user
+# rejects, so it must not replace the one they gave.
+_NEGATED = re.compile(
+    r"(?:\b(?:not|isn't|wasn't|never|instead of|rather than)|不是|并非|而非)\s*[#:]?\s*$",
+    re.IGNORECASE,
+)
+
+
+def _negated(text: str, start: int) -> bool:
+    return bool(_NEGATED.search(text[max(0, start - 24) : start]))
+
+
 def _overlaps(span: tuple[int, int], taken: list[tuple[int, int]]) -> bool:
     return any(span[0] < e and s < span[1] for s, e in taken)
 
@@ -623,7 +637,8 @@ def extract_rule_slots(
 
     for m in _EMAIL.finditer(text):
         taken.append(m.span())
-        add(m.start(), "email", m.group(), _evidence(text, *m.span()), "email")
+        if not _negated(text, m.start()):
+            add(m.start(), "email", m.group(), _evidence(text, *m.span()), "email")
     for pattern, name in ((_ORDER, "order_id"), (_TICKET, "ticket_id")):
         for m in pattern.finditer(text):
             span = m.span("id")
@@ -634,15 +649,18 @@ def extract_rule_slots(
             if _overlaps(span, taken):
                 continue
             taken.append(span)
-            add(span[0], name, ident, _evidence(text, *m.span()), name)
+            if not _negated(text, span[0]):
+                add(span[0], name, ident, _evidence(text, *m.span()), name)
     for start, end, value in _dates(text, now):
         if not _overlaps((start, end), taken):
             taken.append((start, end))
-            add(start, "date", value, _evidence(text, start, end), "date")
+            if not _negated(text, start):
+                add(start, "date", value, _evidence(text, start, end), "date")
     for start, end, value in _phones(text, regions):
         if not _overlaps((start, end), taken):
             taken.append((start, end))
-            add(start, "phone", value, _evidence(text, start, end), "phone")
+            if not _negated(text, start):
+                add(start, "phone", value, _evidence(text, start, end), "phone")
 
     offset = 0
     for sentence in split_sentences(text):

@@ -156,6 +156,19 @@ def test_text_blocks_are_joined(tiny_chat_model: QwenChatModel) -> None:
     ) == tiny_chat_model.get_num_tokens_from_messages([HumanMessage("ab")])
 
 
+def test_a_lone_surrogate_in_client_text_does_not_crash(tiny_chat_model: QwenChatModel) -> None:
+    # JSON may carry "\ud800"; the tokenizer refuses such a str with a TypeError (a 500).
+    text = "my name is x\ud800y"
+    assert tiny_chat_model.get_num_tokens(text) == tiny_chat_model.get_num_tokens(
+        "my name is x\ufffdy"
+    )
+    reply = tiny_chat_model.invoke([HumanMessage(text)], max_new_tokens=2)
+    assert reply.usage_metadata is not None
+    assert reply.usage_metadata["input_tokens"] == tiny_chat_model.get_num_tokens_from_messages(
+        [HumanMessage(text)]
+    )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -297,3 +297,28 @@ def test_the_users_name_is_not_taken_for_the_topic() -> None:
         {"messages": [HumanMessage("hello, my name is Bob")], "turn": 1}, Runtime(context=Context())
     )
     assert only_name["topic"] is None
+
+
+def test_the_model_slot_pass_is_not_streamed_to_the_client() -> None:
+    # stream_mode="messages" (the service, Studio) must carry the reply, not the slot JSON.
+    from graph.builder import Deps, compile_graph
+
+    def responder(messages: list[Any]) -> str:
+        if "extract facts" in str(messages[0].content):
+            return '{"name": "Ada"}'
+        return "the reply"
+
+    model = ScriptedChatModel(responder=responder)
+    graph = compile_graph(Deps(chat_model=model), checkpointer=InMemorySaver())
+    streamed = [
+        str(chunk.content)
+        for chunk, _meta in graph.stream(
+            {"messages": [HumanMessage("hello, I am Ada")]},
+            {"configurable": {"thread_id": "t1"}},
+            context=Context(model_slot_pass=True),
+            stream_mode="messages",
+        )
+    ]
+    assert any("extract facts" in str(c["messages"][0].content) for c in model.history)
+    assert "the reply" in "".join(streamed)
+    assert "Ada" not in "".join(streamed)

@@ -34,3 +34,16 @@ def test_postprocess_combines_both() -> None:
     assert postprocess_reply("<think>x</think>Hello there friend. Hello there friend.") == (
         "Hello there friend."
     )
+
+
+def test_code_blocks_keep_their_repeated_lines() -> None:
+    text = (
+        "Before:\n```python\nimport os\nprint(os.getcwd())\n```\n"
+        "After:\n```python\nimport os\nprint(os.getcwd())\nprint(os.listdir())\n```"
+    )
+    assert postprocess_reply(text) == text
+
+
+def test_repeated_prose_around_a_code_block_still_collapses() -> None:
+    text = "Here is the fix. Here is the fix.\n```\nx = 1\n```\nHere is the fix. Done."
+    assert collapse_repeats(text) == "Here is the fix. \n```\nx = 1\n```\nDone."

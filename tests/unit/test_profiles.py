@@ -45,6 +45,14 @@ def test_temperature_zero_override_turns_any_profile_greedy() -> None:
     assert kwargs["max_new_tokens"] == 2048
 
 
+@pytest.mark.parametrize("temperature", [1e-40, 5e-324, 1e-9])
+def test_a_vanishing_temperature_is_greedy_instead_of_overflowing(temperature: float) -> None:
+    # Dividing logits by 1e-40 overflows to inf and sampling crashes; the limit is greedy.
+    kwargs = resolve_generation("general", temperature=temperature)
+    assert kwargs["do_sample"] is False
+    assert "temperature" not in kwargs
+
+
 def test_overrides_replace_only_what_is_given() -> None:
     kwargs = resolve_generation("professional", top_p=0.5, max_new_tokens=7, top_k=None)
     assert kwargs["top_p"] == 0.5
@@ -122,6 +130,13 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
 def test_settings_reject_bad_values(field: str, value: object, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Settings(**{field: value})
+
+
+def test_a_reply_length_that_leaves_no_room_for_the_prompt_is_refused_at_start() -> None:
+    # Otherwise every single turn fails later with a context-length error.
+    with pytest.raises(ValidationError, match="max_new_tokens"):
+        Settings(context_window=1024, max_new_tokens=1024)
+    assert Settings(context_window=1024, max_new_tokens=512).max_new_tokens == 512
 
 
 def test_every_setting_is_documented() -> None:

@@ -166,3 +166,20 @@ def test_runs_as_a_graph_node_with_the_users_id(memory: ChromaMemory) -> None:
 def test_records_are_memory_records() -> None:
     records = exchange_records(turn_state(1, "x", "y"), thread_id="t", user_id="u")
     assert all(isinstance(r, MemoryRecord) for r in records)
+
+
+def test_a_cancelled_turn_writes_nothing(memory: ChromaMemory) -> None:
+    # The client went away: the service rolls the turn back, so memory must not keep it.
+    import threading
+
+    from nodes.generate_reply import TurnCancelled
+
+    cancel = threading.Event()
+    cancel.set()
+    node = make_remember(memory)
+    state = turn_state(
+        3, "my email is ann@example.com", "Noted.", slots={"email": slot("ann@example.com", 3)}
+    )
+    with pytest.raises(TurnCancelled):
+        node(state, Runtime(context=Context(user_id="ann", cancel_event=cancel)), config())
+    assert memory.count(thread_id="t1") == 0

@@ -203,3 +203,25 @@ def test_neighbours_bring_the_reply_to_a_recalled_question() -> None:
     with_neighbours = node(state, Runtime(context=Context(top_k=1)), config())["recalled"]
     texts = [s["text"] for s in with_neighbours]
     assert any("fountain" in t for t in texts)
+
+
+def test_cross_thread_recall_keeps_top_k_memories_and_their_neighbours() -> None:
+    # top_k counts recalled memories, not their neighbours, across threads as within one.
+    memory = ChromaMemory.ephemeral(CharFrequencyEmbedder())
+    records = []
+    for thread in ("a", "b"):
+        for turn in (1, 2):
+            records.append(rec(thread, turn, f"the red bicycle story {thread}{turn}"))
+            records.append(rec(thread, turn, f"reply {thread}{turn} ok", role="assistant"))
+    memory.add(records)
+    node = make_retrieve_memory(memory)
+    state = {"messages": [human("the red bicycle story", 5)], "turn": 5}
+    for cross in (False, True):
+        ctx = Context(top_k=2, memory_neighbours=1, cross_thread_memory=cross, user_id="u1")
+        recalled = node(state, Runtime(context=ctx), config("a" if not cross else "c"))["recalled"]
+        users = [s for s in recalled if s["role"] == "user"]
+        replies = [s for s in recalled if s["role"] == "assistant"]
+        assert len(users) == 2, cross
+        assert {s["text"].split()[1] for s in replies} == {s["text"].split()[-1] for s in users}, (
+            cross
+        )

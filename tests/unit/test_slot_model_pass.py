@@ -106,3 +106,14 @@ def test_text_contains_normalises_case_width_and_spaces() -> None:
     assert not text_contains("order AB-123", "AB123")
     assert text_contains("order AB-123", "AB123", loose=True)
     assert not text_contains("anything", "")
+
+
+def test_numbers_written_as_json_numbers_are_read_as_text() -> None:
+    # Models often write ids and phone numbers as JSON numbers: still a value, not an error.
+    model = ScriptedChatModel().enqueue(json.dumps({"order_id": 20240815, "phone": 13812345678}))
+    findings = extract_model_slots(model, "订单号 20240815，手机 13812345678")
+    assert {(f.name, f.value) for f in findings} == {
+        ("order_id", "20240815"),
+        ("phone", "13812345678"),
+    }
+    assert len(model.history) == 1

@@ -35,9 +35,20 @@ POSITIVE = [
     ("你好，我是李明。", "name", "李明"),
     ("你可以叫我小李", "name", "小李"),
     ("My name is 李明.", "name", "李明"),
+    # a sentence-final particle or "就行" after the name is not part of it
+    ("叫我小王就行", "name", "小王"),
+    ("叫我老李吧", "name", "老李"),
+    ("我叫王芳啊", "name", "王芳"),
+    ("你可以叫我小张哦", "name", "小张"),
+    ("我是李明呀", "name", "李明"),
     # emails
     ("My email is li.ming@example.com.", "email", "li.ming@example.com"),
     ("邮箱是li@example.cn，谢谢", "email", "li@example.cn"),
+    # a value the user says is not theirs is not taken (the other one is)
+    ("my email is a@x.com, not b@x.com", "email", "a@x.com"),
+    ("不对，我的邮箱是 new@x.com，不是 old@x.com", "email", "new@x.com"),
+    ("my phone is +1 415 555 2671, not +1 415 555 2672", "phone", "+1 415 555 2671"),
+    ("it's order #A1002, not #A1001", "order_id", "A1002"),
     # phones
     ("Call me at +1 415-555-0132 please", "phone", "+1 415-555-0132"),
     ("you can reach me on +44 20 7946 0958", "phone", "+44 20 7946 0958"),

@@ -1,0 +1,71 @@
+"""The generate_reply node: prompt within budget, context account (fake model, one token/word)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import HumanMessage
+from langgraph.runtime import Runtime
+
+from graph.context import Context
+from graph.state import Snippet
+from nodes.generate_reply import make_generate_reply
+from tests.fakes import ScriptedChatModel
+
+
+def _snippet(text: str, *, turn: int, role: str, ident: str, score: float) -> Snippet:
+    return Snippet(
+        id=ident, text=text, thread_id="t", turn=turn, role=role, timestamp=None, score=score
+    )
+
+
+def _run(model: ScriptedChatModel, state: dict[str, Any], **ctx: Any) -> dict[str, Any]:
+    node = make_generate_reply(model, profile_max_new_tokens=lambda _p: 10)
+    return node(state, Runtime(context=Context(**ctx)))  # type: ignore[arg-type]
+
+
+def test_a_dropped_fact_is_not_reported_as_recalled_when_another_fact_of_its_turn_stays() -> None:
+    model = ScriptedChatModel(default="fine")
+    long_fact = "email: " + " ".join(["x"] * 60)
+    recalled = [
+        _snippet("name: Alice", turn=1, role="fact", ident="t:fact:name", score=0.9),
+        _snippet(long_fact, turn=1, role="fact", ident="t:fact:email", score=0.1),
+    ]
+    state = {"messages": [HumanMessage("hello there", id="h1")], "turn": 2, "recalled": recalled}
+    full = _run(model, state, context_window=10_000)["context_account"]
+    assert [s["id"] for s in full["recalled"]] == ["t:fact:name", "t:fact:email"]
+
+    # A budget that fits everything but the long, low-scoring fact.
+    budget = full["total"] - 30
+    account = _run(model, state, context_window=budget + 10)["context_account"]
+    assert account["total"] <= account["budget"]
+    prompt = model.history[-1]["messages"][0].content
+    assert "name: Alice" in prompt and long_fact not in prompt
+    assert [s["id"] for s in account["recalled"]] == ["t:fact:name"]
+    assert account["dropped"] == ["memory:t1:fact:email"]
+
+
+def test_a_profile_reply_length_never_takes_the_whole_context_window() -> None:
+    # STEADYCHAT_CONTEXT_WINDOW=2048 with the creative profile (2048 reply tokens): the reply
+    # budget is capped so that the prompt keeps room, instead of every turn failing.
+    model = ScriptedChatModel(default="fine")
+    node = make_generate_reply(model, profile_max_new_tokens=lambda _p: 2048)
+    state = {"messages": [HumanMessage("hello there", id="h1")], "turn": 1}
+    out = node(state, Runtime(context=Context(context_window=2048, profile="creative")))  # type: ignore[arg-type]
+    account = out["context_account"]
+    max_new = model.history[-1]["kwargs"]["max_new_tokens"]
+    assert 0 < max_new < 2048
+    assert account["budget"] == 2048 - max_new
+    assert account["total"] <= account["budget"]
+
+
+def test_the_prompt_is_counted_as_it_is_sent_when_thinking_is_switched_per_call(
+    tiny_chat_model: Any,
+) -> None:
+    # enable_thinking=False makes the chat template add an empty think block: the budget must
+    # count that prompt, not the one without it.
+    node = make_generate_reply(tiny_chat_model, profile_max_new_tokens=lambda _p: 4)
+    state = {"messages": [HumanMessage("hello there", id="h1")], "turn": 1}
+    ctx = Context(generation={"enable_thinking": False, "temperature": 0})
+    account = node(state, Runtime(context=ctx))["context_account"]  # type: ignore[arg-type]
+    assert account["usage"]["prompt_tokens"] == account["total"]
