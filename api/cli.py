@@ -267,14 +267,33 @@ class ServiceConversation:
 
     def stream(self, text: str) -> Iterator[str]:
         """Run one turn, yielding tokens; closing early cancels the turn (nothing is saved)."""
+        import asyncio
+        import contextlib
+
         from graph.service import ServiceError
 
         context = self._service.context(profile=self._profile)
         events = self._service.stream_turn(self.thread_id, text, context=context)
+        pending: list[asyncio.Future[Any]] = []
+
+        async def next_event() -> Any:
+            # The step runs as a task of its own: Ctrl-C interrupts only the wait for it here,
+            # so ``close`` must cancel it and let it unwind before closing the stream.
+            step = asyncio.ensure_future(anext(events))
+            pending[:] = [step]
+            return await step
+
+        async def close() -> None:
+            for step in pending:
+                step.cancel()
+                with contextlib.suppress(BaseException):
+                    await step
+            await events.aclose()
+
         try:
             while True:
                 try:
-                    event = self._call(events.__anext__())
+                    event = self._call(next_event())
                 except StopAsyncIteration:
                     return
                 except ServiceError as exc:
@@ -284,7 +303,7 @@ class ServiceConversation:
                 elif event.type == "error":
                     raise ValueError(str(event.error))
         finally:
-            self._call(events.aclose())
+            self._call(close())
 
     def close(self) -> None:
         """Close the service and stop its event loop."""

@@ -155,8 +155,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
     first = errors[0]
     if first.get("type") == "json_invalid":
         return "The request body is not valid JSON.", None, "invalid_json"
-    # ("body", "content") -> "content"; ("query", "limit") -> "limit".
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    # ("body", "content") -> "content"; ("query", "limit") -> "limit";
+    # ("header", "X-Thread-Id") -> "X-Thread-Id" (the header a client sent, as OpenAI names it).
+    sources = ("body", "query", "path", "header", "cookie")
+    loc = [str(part) for part in first.get("loc", ()) if part not in sources]
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid value"))
     if first.get("type") == "missing" and param:

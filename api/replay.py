@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from graph.service import ChatService, ThreadNotFoundError, open_service
+from graph.service import ChatService, ServiceError, ThreadNotFoundError, open_service
 from graph.settings import Settings
 
 
@@ -40,11 +40,15 @@ def parse_transcript(items: Any) -> list[ReplayStep]:
     steps: list[ReplayStep] = []
     for i, item in enumerate(items):
         if isinstance(item, str):
+            if not item.strip():
+                raise ValueError(f"item {i}: the message is empty")
             steps.append(ReplayStep(text=item))
             continue
         if not isinstance(item, dict) or not isinstance(item.get("content"), str):
             raise ValueError(f"item {i}: expected a string or an object with string 'content'")
         role = item.get("role", "user")
+        if role == "user" and not item["content"].strip():
+            raise ValueError(f"item {i}: the message is empty")
         stamp = item.get("timestamp")
         when = datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
         if role == "user":
@@ -122,7 +126,14 @@ def run_replay(settings: Settings, path: Path, thread_id: str, *, out: TextIO = 
 
     async def main() -> int:
         async with open_service(settings) as service:
-            turn = await replay(service, thread_id, steps, progress=out)
+            try:
+                turn = await replay(service, thread_id, steps, progress=out)
+            except ServiceError as exc:
+                # A bad thread id, a deleted thread, a turn too long for the context window:
+                # the turns before it are kept; the user gets the reason, not a traceback.
+                out.write("\n")
+                print(f"steadychat replay: {exc}", file=sys.stderr)
+                return 1
         print(f"replayed {len(steps)} turns into thread {thread_id} (now at turn {turn})")
         return 0
 

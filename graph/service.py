@@ -47,7 +47,7 @@ from nodes.postprocess import postprocess_reply
 from nodes.slots import apply_slot_value, clear_slot
 from store.checkpointer import open_checkpointer, prune_checkpoints
 from store.threads import ThreadRegistry, open_thread_registry
-from store.types import Embedder, MemoryStore, ThreadDeletedError
+from store.types import Embedder, MemoryRecord, MemoryStore, ThreadDeletedError
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,22 @@ class TurnEvent:
     text: str = ""
     result: TurnResult | None = None
     error: ServiceError | None = None
+
+
+_SEED_RANGE = 2**32
+
+
+def _model_seed(generation: dict[str, Any]) -> dict[str, Any]:
+    """``generation`` with its ``seed`` folded into the range the model's RNG accepts.
+
+    Clients may send any integer (OpenAI's ``seed`` is unbounded, negative included), while
+    transformers' ``set_seed`` takes only 0 to 2**32 - 1: an out-of-range seed would fail the
+    turn with a 500. Folding keeps every seed deterministic.
+    """
+    seed = generation.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < _SEED_RANGE:
+        return {**generation, "seed": seed % _SEED_RANGE}
+    return generation
 
 
 def valid_thread_id(thread_id: object) -> bool:
@@ -377,8 +393,12 @@ class ChatService:
     async def update_slots(
         self, thread_id: str, changes: dict[str, str | None], *, owner: str | None = None
     ) -> dict[str, Slot]:
-        """Correct (str) or clear (None) slots; the old value goes to the slot's history."""
-        await self._info(thread_id, owner)
+        """Correct (str) or clear (None) slots; the old value goes to the slot's history.
+
+        A corrected value also replaces the slot's fact in vector memory, as a correction made
+        in conversation does, so that recall no longer offers the old value.
+        """
+        info = await self._info(thread_id, owner)
         async with self._locks.hold(thread_id):
             config = self._config(thread_id)
             snapshot = await self.graph.aget_state(config)
@@ -401,6 +421,10 @@ class ChatService:
                         updates[name] = slot
             if updates:
                 await self.graph.aupdate_state(config, {"slots": updates}, as_node="remember")
+                facts = _fact_records(thread_id, info.owner, updates, turn=turn)
+                if self.memory is not None and facts:
+                    await asyncio.to_thread(self.memory.add, facts)
+                await self._prune(thread_id)
             current.update(updates)
             return current
 
@@ -442,10 +466,13 @@ class ChatService:
         if not isinstance(text, str) or not text.strip():
             raise ServiceError("the message is empty")
         await self._info(thread_id, owner)
+        base = context or self.defaults
+        ctx = replace(
+            base, cancel_event=threading.Event(), generation=_model_seed(dict(base.generation))
+        )
         if not wait and self._locks.busy(thread_id):
             raise ThreadBusyError(f"a turn is already running on thread {thread_id!r}")
         lock = self._locks.enter(thread_id)  # no await since the check: atomic on the loop
-        ctx = replace(context or self.defaults, cancel_event=threading.Event())
         queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
         task = asyncio.create_task(
             self._turn_task(thread_id, lock, text, owner, ctx, timestamp, queue)
@@ -484,6 +511,9 @@ class ChatService:
                 record = await self.registry.get(thread_id)
                 if record is None or (owner is not None and record.owner != owner):
                     raise ThreadNotFoundError(f"thread {thread_id!r} not found")
+                if cancel_event.is_set():
+                    # The caller left while this turn waited for the thread: run nothing.
+                    raise TurnCancelledError("the turn was cancelled")
                 if owner is not None and ctx.user_id == Context().user_id:
                     ctx = replace(ctx, user_id=owner)
                 self._running[thread_id] = cancel_event
@@ -568,11 +598,7 @@ class ChatService:
         usage.setdefault("completion_tokens", 0)
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         await self.registry.touch(thread_id, turns=turn)
-        if self.keep_checkpoints > 0:
-            try:
-                await prune_checkpoints(self.checkpointer, thread_id, keep=self.keep_checkpoints)
-            except Exception:  # pruning is housekeeping; the turn is saved either way
-                log.warning("could not prune checkpoints of %s", thread_id, exc_info=True)
+        await self._prune(thread_id)
         return TurnResult(
             thread_id=thread_id,
             turn=turn,
@@ -581,6 +607,14 @@ class ChatService:
             usage=usage,
             context_account=account,
         )
+
+    async def _prune(self, thread_id: str) -> None:
+        """Keep the thread's last ``keep_checkpoints`` checkpoints (every write adds one)."""
+        if self.keep_checkpoints > 0:
+            try:
+                await prune_checkpoints(self.checkpointer, thread_id, keep=self.keep_checkpoints)
+            except Exception:  # pruning is housekeeping; the write is saved either way
+                log.warning("could not prune checkpoints of %s", thread_id, exc_info=True)
 
     async def _rollback(self, thread_id: str, before: StateSnapshot | None) -> None:
         """Make the pre-turn checkpoint the latest again (or remove a first, failed turn)."""
@@ -599,7 +633,7 @@ class ChatService:
     # -- stateless ---------------------------------------------------------------------------
     async def complete(self, messages: list[BaseMessage], **generation: Any) -> AIMessage:
         """Stateless completion over the given messages (OpenAI API without a thread)."""
-        reply = await self.chat_model.ainvoke(messages, **generation)
+        reply = await self.chat_model.ainvoke(messages, **_model_seed(generation))
         return AIMessage(
             content=postprocess_reply(str(reply.content)),
             usage_metadata=getattr(reply, "usage_metadata", None),
@@ -613,7 +647,7 @@ class ChatService:
         cancel = threading.Event()
         stream = cast(
             AsyncGenerator[BaseMessageChunk, None],
-            self.chat_model.astream(messages, cancel_event=cancel, **generation),
+            self.chat_model.astream(messages, cancel_event=cancel, **_model_seed(generation)),
         )
         try:
             async for chunk in stream:
@@ -637,6 +671,27 @@ class ChatService:
             except Exception:
                 checks["memory"] = False
         return checks
+
+
+def _fact_records(
+    thread_id: str, user_id: str, slots: dict[str, Slot], *, turn: int
+) -> list[MemoryRecord]:
+    """The memory facts of corrected slots, with the ids and text ``remember`` gives them."""
+    stamp = datetime.now(UTC).isoformat()
+    return [
+        MemoryRecord(
+            id=f"{thread_id}:fact:{name}",
+            text=f"{name.replace('_', ' ')}: {slot['value']}",
+            thread_id=thread_id,
+            user_id=user_id,
+            turn=turn,
+            role="fact",
+            timestamp=stamp,
+            extra={"slot": name, "source": str(slot.get("source", ""))},
+        )
+        for name, slot in sorted(slots.items())
+        if slot.get("value") not in (None, "")
+    ]
 
 
 def _to_info(record: Any) -> ThreadInfo:

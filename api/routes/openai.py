@@ -21,8 +21,11 @@ from sse_starlette import EventSourceResponse, JSONServerSentEvent, ServerSentEv
 from starlette.background import BackgroundTask
 
 from api.auth import ANONYMOUS, OwnerDep
-from api.deps import ConfigDep, ServiceDep
+from api.deps import ConfigDep, MetricsDep, ServiceDep
 from api.errors import ApiError, ErrorResponse, error_body, service_error_to_api
+from api.idempotency import REPLAY_HEADER, Claim, claim_for_request
+from api.logging import bind_thread
+from api.metrics import TurnTimer
 from api.openai_schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -185,12 +188,19 @@ def _stateless_messages(body: ChatCompletionRequest, texts: list[str]) -> list[B
 def _last_user_text(body: ChatCompletionRequest, texts: list[str]) -> tuple[str, str | None]:
     """The last user message and the joined system/developer messages of a stateful call."""
     user_text: str | None = None
+    last_role: str | None = None
     system: list[str] = []
     for message, text in zip(body.messages, texts, strict=True):
+        if message.role in ("system", "developer"):
+            system.append(text)
+            continue
+        last_role = message.role
         if message.role == "user":
             user_text = text
-        elif message.role in ("system", "developer"):
-            system.append(text)
+    # As in a stateless call: after an assistant message there is no user turn to answer (the
+    # earlier user message would be run, and saved, a second time).
+    if last_role != "user":
+        raise _invalid("The last message must have role 'user'.", "messages")
     if user_text is None or not user_text.strip():
         raise _invalid("A stateful call needs a non-empty user message.", "messages")
     return user_text, ("\n\n".join(system) if system else None)
@@ -264,10 +274,14 @@ def _stateless_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
     return kwargs
 
 
-def _check_context_length(
+async def _check_context_length(
     service: ChatService, messages: list[BaseMessage], limit: int | None
 ) -> None:
-    """Refuse a stateless prompt that cannot fit the model's context window."""
+    """Refuse a stateless prompt that cannot fit the model's context window.
+
+    The prompt is tokenized in a worker thread: a request body of a few MB takes seconds to
+    tokenize, which on the event loop would stall every other request and stream.
+    """
     model = getattr(service, "chat_model", None)
     if model is None:
         return
@@ -277,7 +291,7 @@ def _check_context_length(
     if not sizes:
         return
     window = min(sizes)
-    prompt = model.get_num_tokens_from_messages(messages)
+    prompt = await asyncio.to_thread(model.get_num_tokens_from_messages, messages)
     requested = prompt + (limit or 0)
     if prompt >= window or requested > window:
         raise ApiError(
@@ -342,6 +356,27 @@ def _usage_from_metadata(message: BaseMessage) -> Usage:
 
 def _finish_reason(value: object) -> str:
     return "length" if value == "length" else "stop"
+
+
+def _outcome_to_json(outcome: _Outcome) -> dict[str, Any]:
+    """What the idempotency cache keeps of a finished completion."""
+    extension = outcome.extension.model_dump(mode="json") if outcome.extension else None
+    return {
+        "text": outcome.text,
+        "finish_reason": outcome.finish_reason,
+        "usage": outcome.usage.model_dump(mode="json"),
+        "steadychat": extension,
+    }
+
+
+def _outcome_from_json(value: dict[str, Any]) -> _Outcome:
+    extension = value.get("steadychat")
+    return _Outcome(
+        text=str(value["text"]),
+        finish_reason=str(value["finish_reason"]),
+        usage=Usage.model_validate(value["usage"]),
+        extension=SteadychatExtension.model_validate(extension) if extension else None,
+    )
 
 
 def _outcome_of_turn(result: TurnResult) -> _Outcome:
@@ -421,7 +456,7 @@ async def _complete_stateless(
         outcome.text = parsed
         return outcome
     retry = [*messages, AIMessage(content=outcome.text), HumanMessage(content=JSON_CORRECTION)]
-    _check_context_length(service, retry, _max_tokens(body))
+    await _check_context_length(service, retry, _max_tokens(body))
     second = await service.complete(retry, **kwargs)
     if (parsed := _json_object(str(second.content))) is None:
         raise _invalid_json_error()
@@ -526,6 +561,8 @@ class _ChunkWriter:
 async def _stream_events(
     writer: _ChunkWriter,
     pieces: AsyncIterator[str | _Outcome],
+    timer: TurnTimer | None = None,
+    claim: Claim | None = None,
 ) -> AsyncGenerator[ServerSentEvent, None]:
     """Turn text pieces and a final outcome into OpenAI's chunk events, then ``[DONE]``."""
     yield writer.first()
@@ -533,12 +570,20 @@ async def _stream_events(
         async for piece in pieces:
             if isinstance(piece, str):
                 if piece:
+                    if timer is not None:
+                        timer.first_token()
                     yield writer.content(piece)
                 continue
+            if timer is not None:
+                timer.finish("ok", piece.usage.model_dump())
+            if claim is not None:
+                claim.finish(_outcome_to_json(piece))
             yield writer.finish(piece.finish_reason, piece.extension)
             if writer.include_usage:
                 yield writer.usage(piece.usage)
     except Exception as exc:  # any failure reaches the client as an error event
+        if timer is not None:
+            timer.finish("error")
         yield JSONServerSentEvent(data=_error_object(exc), sep="\n")
     yield ServerSentEvent(data="[DONE]", sep="\n")
 
@@ -586,22 +631,37 @@ def _sse_response(
     writer: _ChunkWriter,
     pieces: AsyncIterator[str | _Outcome],
     stream: AsyncIterator[Any] | None = None,
+    timer: TurnTimer | None = None,
+    claim: Claim | None = None,
+    headers: dict[str, str] | None = None,
 ) -> EventSourceResponse:
     """The SSE response for ``pieces``; ``stream`` is the service stream they are read from."""
 
     async def events() -> AsyncIterator[ServerSentEvent]:
         try:
-            async with aclosing(_stream_events(writer, pieces)) as chunks:
+            async with aclosing(_stream_events(writer, pieces, timer, claim)) as chunks:
                 async for event in chunks:
                     yield event
         finally:
+            if timer is not None:
+                timer.finish("cancelled")  # a no-op when the turn finished: the client left
+            if claim is not None:
+                claim.release()  # likewise: a retry of an unfinished completion runs again
             await _closing_stream(pieces)
             if stream is not None:
                 await _closing_stream(stream)
 
+    async def close() -> None:
+        if timer is not None:
+            timer.finish("cancelled")
+        if claim is not None:
+            claim.release()
+        if stream is not None:
+            await _closing_stream(stream)
+
     # The background task closes the service stream even if the response never started.
-    background = BackgroundTask(_closing_stream, stream) if stream is not None else None
-    return EventSourceResponse(events(), ping=15, sep="\n", background=background)
+    background = BackgroundTask(close)
+    return EventSourceResponse(events(), ping=15, sep="\n", background=background, headers=headers)
 
 
 async def _buffered(outcome: _Outcome) -> AsyncIterator[str | _Outcome]:
@@ -609,11 +669,13 @@ async def _buffered(outcome: _Outcome) -> AsyncIterator[str | _Outcome]:
     yield outcome
 
 
-async def _prime(stream: AsyncIterator[Any]) -> Any:
+async def _prime(stream: AsyncIterator[Any], timer: TurnTimer, claim: Claim) -> Any:
     """First item of a service stream, so errors before any token get a proper status code."""
     try:
         return await anext(stream, None)
-    except BaseException:
+    except BaseException as exc:
+        timer.finish("error" if isinstance(exc, Exception) else "cancelled")
+        claim.release()
         await _closing_stream(stream)
         raise
 
@@ -639,12 +701,16 @@ async def _prime(stream: AsyncIterator[Any]) -> Any:
 async def create_chat_completion(
     body: ChatCompletionRequest,
     request: Request,
+    response: Response,
     service: ServiceDep,
     config: ConfigDep,
     owner: OwnerDep,
+    metrics: MetricsDep,
     thread_id: ThreadIdHeader = None,
 ) -> ChatCompletion | EventSourceResponse | Response:
     """Answer the conversation, in one JSON body or as OpenAI's server-sent event stream."""
+    if thread_id is not None:
+        bind_thread(thread_id)
     _check_request(body)
     model = body.model or _loaded_model_id(request)
     json_mode = body.response_format is not None and body.response_format.type == "json_object"
@@ -653,41 +719,76 @@ async def create_chat_completion(
     texts = _message_texts(body, config.max_message_chars)
     if thread_id is None:
         messages = _stateless_messages(body, texts)
-        _check_context_length(service, messages, _max_tokens(body))
-        if body.stream and not json_mode:
-            stream = service.stream_complete(messages, **_stateless_kwargs(body))
-            first = await _prime(stream)
-            return _sse_response(
-                _ChunkWriter(model, include_usage), _stateless_pieces(stream, first), stream
-            )
-        cancel = threading.Event()
-        outcome = await _unless_disconnected(
-            request, _complete_stateless(service, body, messages, cancel), cancel
-        )
+        await _check_context_length(service, messages, _max_tokens(body))
     else:
         text, system_prompt = _last_user_text(body, texts)
-        await _ensure_thread(service, thread_id, owner)
         context = _turn_context(service, body, owner, system_prompt)
+    # A retry with the same Idempotency-Key gets the first completion instead of a second turn.
+    payload = {"request": body.model_dump(mode="json"), "thread_id": thread_id}
+    claim = await claim_for_request(request, owner=owner, payload=payload)
+    if thread_id is not None and not claim.replayed:
+        try:
+            await _ensure_thread(service, thread_id, owner)
+        except BaseException:
+            claim.release()
+            raise
+    if claim.replayed:
+        remembered = _outcome_from_json(claim.result)
+        replayed = {REPLAY_HEADER: "true"}
+        if body.stream:
+            writer = _ChunkWriter(model, include_usage)
+            return _sse_response(writer, _buffered(remembered), headers=replayed)
+        response.headers.update(replayed)
+        return _completion(model, remembered)
+
+    cancel: threading.Event | None = None
+    if thread_id is None:
+        if body.stream and not json_mode:
+            timer = TurnTimer(metrics, mode="stream")
+            stream = service.stream_complete(messages, **_stateless_kwargs(body))
+            first = await _prime(stream, timer, claim)
+            pieces = _stateless_pieces(stream, first)
+            writer = _ChunkWriter(model, include_usage)
+            return _sse_response(writer, pieces, stream, timer, claim)
+        cancel = threading.Event()
+        work: Coroutine[Any, Any, _Outcome] = _complete_stateless(service, body, messages, cancel)
+    else:
         wait = config.busy_policy == "wait"
         if body.stream and not json_mode:
+            timer = TurnTimer(metrics, mode="stream")
             events = service.stream_turn(thread_id, text, owner=owner, context=context, wait=wait)
-            head = await _prime(events)
+            head = await _prime(events, timer, claim)
             if head is not None and head.type == "error" and head.error is not None:
+                timer.finish("error")
+                claim.release()
                 await _closing_stream(events)
                 raise head.error
-            return _sse_response(
-                _ChunkWriter(model, include_usage), _turn_pieces(events, head), events
-            )
+            writer = _ChunkWriter(model, include_usage)
+            return _sse_response(writer, _turn_pieces(events, head), events, timer, claim)
         # Cancelling the turn's task closes its event stream, which stops and rolls it back.
-        turn = _complete_turn(
+        work = _complete_turn(
             service, thread_id, text, owner, context, json_mode=json_mode, wait=wait
         )
-        outcome = await _unless_disconnected(request, turn)
+    timer = TurnTimer(metrics, mode="stream" if body.stream else "json")
+    try:
+        outcome = await _unless_disconnected(request, work, cancel)
+    except BaseException as exc:
+        timer.finish("error" if isinstance(exc, Exception) else "cancelled")
+        claim.release()
+        raise
     if outcome is None:
+        timer.finish("cancelled")
+        claim.release()
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    timer.finish("ok", outcome.usage.model_dump())
+    claim.finish(_outcome_to_json(outcome))
 
     if body.stream:
         return _sse_response(_ChunkWriter(model, include_usage), _buffered(outcome))
+    return _completion(model, outcome)
+
+
+def _completion(model: str, outcome: _Outcome) -> ChatCompletion:
     extension = {"steadychat": outcome.extension} if outcome.extension is not None else {}
     return ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex}",

@@ -177,3 +177,18 @@ async def test_web_page_is_served(client: httpx.AsyncClient) -> None:
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"
     assert (await client.put("/app.js")).status_code == 405
+
+
+async def test_thread_calls_on_the_openai_route_log_their_thread(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(RequestContextFilter())
+    with caplog.at_level(logging.INFO, logger="steadychat"):
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"X-Request-Id": "v1-1", "X-Thread-Id": "logged-thread"},
+        )
+    assert response.status_code == 200, response.text
+    records = [r for r in caplog.records if getattr(r, "request_id", None) == "v1-1"]
+    assert records and all(getattr(r, "thread_id", None) == "logged-thread" for r in records)

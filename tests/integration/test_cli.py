@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
@@ -164,3 +165,44 @@ def test_piped_chat_with_the_tiny_model(tiny_settings: Settings) -> None:
     assert len(replies) == 2
     assert all(reply.strip("\n") for reply in replies[:1]), result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_mid_reply_cancels_the_turn_and_chat_goes_on(tiny_settings: Settings) -> None:
+    # Ctrl-C lands while the terminal waits for the next token: the step still runs on the
+    # service's loop. Closing the stream then used to crash the CLI ("aclose(): asynchronous
+    # generator is already running") and leave the turn running.
+    import asyncio
+
+    from api.cli import ServiceConversation
+
+    settings = tiny_settings.model_copy(
+        update={"embedder": "hash", "max_new_tokens": 2000, "default_profile": "creative"}
+    )
+    conversation = ServiceConversation(settings, thread_id="cli-ctrl-c")
+    real_call = conversation._call
+    calls = 0
+
+    def interrupted(coro: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # waiting for the second token of the first reply
+            asyncio.run_coroutine_threadsafe(coro, conversation._loop)
+            raise KeyboardInterrupt
+        return real_call(coro)
+
+    conversation._call = interrupted  # type: ignore[method-assign]
+    out, err = RecordingOut(), io.StringIO()
+    try:
+        code = run_chat(
+            conversation,
+            stdin=io.StringIO("tell me a long story\nsecond message\n"),
+            stdout=out,
+            stderr=err,
+        )
+        view = real_call(conversation._service.get_thread("cli-ctrl-c"))
+    finally:
+        conversation.close()
+    assert code == 0
+    assert "(interrupted)" in err.getvalue()
+    assert out.getvalue().count("assistant> ") == 2
+    assert [m.content for m in view.window if m.role == "user"] == ["second message"]

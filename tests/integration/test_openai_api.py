@@ -553,12 +553,14 @@ async def test_busy_thread_answers_conflict_when_the_policy_rejects(tmp_path: Pa
 
 
 async def test_bad_thread_id_header(client: openai.AsyncOpenAI) -> None:
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(
             model="m",
             messages=[{"role": "user", "content": "hi"}],
             extra_headers={"X-Thread-Id": "no spaces/allowed"},
         )
+    assert caught.value.param == "X-Thread-Id"  # the header's name, not "header.X-Thread-Id"
+    assert "'X-Thread-Id'" in caught.value.message
 
 
 # -- response_format json_object --------------------------------------------------------------
@@ -728,3 +730,172 @@ async def test_tiny_transformers_model_through_the_openai_client(
         assert len([c for c in chunks if c.choices and c.choices[0].finish_reason]) == 1
         view = await svc.get_thread("tiny-thread", owner="anonymous")
         assert view.info.turns == 1
+
+
+async def test_any_integer_seed_is_served_by_the_real_model(
+    tmp_path: Path, tiny_chat_model: Any
+) -> None:
+    # OpenAI's seed is any integer; transformers' RNG takes only 0..2**32-1. Out-of-range
+    # seeds used to fail the turn with a 500 (stateless, streamed, stateful and REST).
+    settings = _settings(tmp_path, context_window=1024)
+    async with (
+        _open(settings, tiny_chat_model) as svc,
+        _client(create_app(svc, settings=settings)) as client,
+    ):
+        messages: Any = [{"role": "user", "content": "Hello"}]
+        for seed in (-5, 2**63 - 1, 10**30):
+            reply = await client.chat.completions.create(
+                model="tiny", messages=messages, max_tokens=3, seed=seed
+            )
+            assert reply.choices[0].finish_reason in ("stop", "length")
+        again = await client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=3, seed=-5
+        )
+        first = await client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=3, seed=-5
+        )
+        assert again.choices[0].message.content == first.choices[0].message.content
+        stream = await client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=3, seed=-1, stream=True
+        )
+        assert [chunk async for chunk in stream][-1].choices[0].finish_reason is not None
+        stateful = await client.chat.completions.create(
+            model="tiny",
+            messages=messages,
+            max_tokens=3,
+            seed=-1,
+            extra_headers={"X-Thread-Id": "seeded"},
+        )
+        assert stateful.choices[0].finish_reason in ("stop", "length")
+        rest = await client._client.post(
+            "/threads/seeded/messages",
+            json={"content": "Hi again", "seed": 2**63 - 1, "max_tokens": 3},
+        )
+        assert rest.status_code == 200, rest.text
+        assert rest.json()["turn"] == 2
+
+
+class ThreadRecordingModel(ScriptedChatModel):
+    """Notes which threads count prompt tokens."""
+
+    _counting_threads: set[int] = PrivateAttr(default_factory=set)
+
+    @property
+    def counting_threads(self) -> set[int]:
+        return self._counting_threads
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], *args: Any) -> int:
+        self._counting_threads.add(threading.get_ident())
+        return super().get_num_tokens_from_messages(messages)
+
+
+async def test_stateless_prompt_is_counted_off_the_event_loop(tmp_path: Path) -> None:
+    # Tokenizing a body of a few MB takes seconds; on the event loop it stalls every stream.
+    model = ThreadRecordingModel()
+    settings = _settings(tmp_path)
+    async with (
+        _open(settings, model) as svc,
+        _client(create_app(svc, settings=settings)) as client,
+    ):
+        loop_thread = threading.get_ident()
+        await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Hello"}], max_tokens=5
+        )
+        stream = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Hello"}], max_tokens=5, stream=True
+        )
+        assert [chunk async for chunk in stream]
+    assert model.counting_threads and loop_thread not in model.counting_threads
+
+
+async def test_completions_count_in_the_turn_metrics(
+    app: FastAPI, client: openai.AsyncOpenAI
+) -> None:
+    # Turns, latency, first tokens and tokens were only counted for the REST routes, so a
+    # deployment used through OpenAI clients showed no turns and no tokens at all.
+    from tests.integration.test_api_operations import samples
+
+    messages: Any = [{"role": "user", "content": "Hello there"}]
+    plain = await client.chat.completions.create(model="m", messages=messages)
+    stream = await client.chat.completions.create(
+        model="m", messages=messages, stream=True, extra_headers={"X-Thread-Id": "metered"}
+    )
+    assert [chunk async for chunk in stream]
+    await client.chat.completions.create(
+        model="m", messages=messages, extra_headers={"X-Thread-Id": "metered"}
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        text = (await http.get("/metrics")).text
+    turns = {s["outcome"]: v for s, v in samples(text, "steadychat_turns_total")}
+    assert turns == {"ok": 3}
+    modes = {s["mode"]: v for s, v in samples(text, "steadychat_turn_duration_seconds_count")}
+    assert modes == {"json": 2, "stream": 1}
+    assert samples(text, "steadychat_time_to_first_token_seconds_count")[0][1] == 1
+    assert plain.usage is not None
+    completion = samples(text, "steadychat_completion_tokens_total")[0][1]
+    assert completion > plain.usage.completion_tokens > 0
+    assert samples(text, "steadychat_turns_in_flight")[0][1] == 0
+
+
+async def test_idempotency_key_makes_a_retried_turn_run_once(
+    app: FastAPI, client: openai.AsyncOpenAI, model: ScriptedChatModel
+) -> None:
+    # A retried stateful call (timeouts, 5xx: the openai client retries on its own) with the
+    # same Idempotency-Key must not run the turn a second time.
+    model.enqueue("first answer", "streamed answer", "another thread")
+    messages: Any = [{"role": "user", "content": "Hello there"}]
+    headers = {"X-Thread-Id": "idem", "Idempotency-Key": "k-1"}
+    first = await client.chat.completions.with_raw_response.create(
+        model="m", messages=messages, extra_headers=headers
+    )
+    retry = await client.chat.completions.with_raw_response.create(
+        model="m", messages=messages, extra_headers=headers
+    )
+    assert retry.headers.get("Idempotent-Replayed") == "true"
+    assert first.parse().choices[0].message.content == "first answer"
+    assert retry.parse().choices[0].message.content == "first answer"
+    assert retry.parse().model_extra["steadychat"]["turn"] == 1
+
+    stream_headers = {"X-Thread-Id": "idem", "Idempotency-Key": "k-2"}
+    texts = []
+    for _ in range(2):
+        stream = await client.chat.completions.create(
+            model="m", messages=messages, stream=True, extra_headers=stream_headers
+        )
+        texts.append("".join([c.choices[0].delta.content or "" async for c in stream if c.choices]))
+    assert texts == ["streamed answer", "streamed answer"]
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        detail = (await http.get("/threads/idem")).json()
+        assert detail["thread"]["turns"] == 2
+        # The same key for another thread is another request: refused, not replayed.
+        other = await http.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": messages},
+            headers={"X-Thread-Id": "other", "Idempotency-Key": "k-1"},
+        )
+        assert other.status_code == 422
+        assert other.json()["error"]["code"] == "idempotency_key_reused"
+        assert (await http.get("/threads/other")).status_code == 404
+
+
+async def test_thread_call_ending_with_an_assistant_message_is_refused(
+    app: FastAPI, client: openai.AsyncOpenAI, model: ScriptedChatModel
+) -> None:
+    # The last user message used to be taken anyway: it was answered and saved a second time.
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(
+            model="m",
+            messages=[
+                {"role": "user", "content": "My name is Bob."},
+                {"role": "assistant", "content": "Hello Bob."},
+            ],
+            extra_headers={"X-Thread-Id": "ends-with-assistant"},
+        )
+    assert caught.value.param == "messages"
+    assert model.history == []
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        assert (await http.get("/threads/ends-with-assistant")).status_code == 404

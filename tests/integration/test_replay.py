@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from api.replay import parse_transcript, replay, thread_state
+from api.replay import parse_transcript, replay, run_replay, thread_state
 from graph.service import open_service
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
@@ -105,3 +105,18 @@ def test_replay_then_state_from_the_command_line(tmp_path: Path) -> None:
         check=False,
     )
     assert missing.returncode == 1 and "no thread" in missing.stderr
+
+
+def test_replay_refuses_what_the_service_would_and_says_why(
+    tmp_path: Path, tiny_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # These used to end the command with a traceback.
+    with pytest.raises(ValueError, match="item 1: the message is empty"):
+        parse_transcript(["hi", "   "])
+    with pytest.raises(ValueError, match="item 0: the message is empty"):
+        parse_transcript([{"role": "user", "content": ""}])
+    transcript = tmp_path / "conversation.json"
+    transcript.write_text(json.dumps(["hello"]), encoding="utf-8")
+    settings = tiny_settings.model_copy(update={"embedder": "hash", "data_dir": tmp_path})
+    assert run_replay(settings, transcript, " \t ") == 1
+    assert "thread id" in capsys.readouterr().err

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatGenerationChunk
+from pydantic import PrivateAttr
 
 from graph.service import (
     ChatService,
@@ -180,3 +185,73 @@ async def test_impossible_thread_ids_are_not_found_or_refused(service: ChatServi
     if bad:  # an empty id means "generate one"
         with pytest.raises(ServiceError):
             await service.create_thread(thread_id=bad)
+
+
+class _GatedModel(ScriptedChatModel):
+    """Holds every reply until ``gate`` is set, so that a turn keeps its thread busy."""
+
+    _gate: threading.Event = PrivateAttr(default_factory=threading.Event)
+
+    @property
+    def gate(self) -> threading.Event:
+        return self._gate
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        self._gate.wait(10)
+        yield from super()._stream(*args, **kwargs)
+
+
+async def test_a_queued_turn_closed_before_its_turn_never_runs(tmp_path: Path) -> None:
+    # A client that gives up while its turn waits behind another must not get the model run
+    # (prompt and all) once the thread is free.
+    model = _GatedModel()
+    settings = Settings(data_dir=tmp_path, embedder="hash", context_window=2048, max_new_tokens=128)
+    async with open_service(settings, chat_model=model) as service:
+        await service.create_thread(thread_id="t")
+        running = asyncio.create_task(service.run_turn("t", "first message"))
+        await asyncio.sleep(0.2)
+        queued = service.stream_turn("t", "the queued message")
+        waiting = asyncio.create_task(anext(queued))  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        model.gate.set()
+        assert (await running).turn == 1
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        prompts = [str(m.content) for call in model.history for m in call["messages"]]
+        assert not any("the queued message" in p for p in prompts)
+        window = (await service.get_thread("t")).window
+        assert [m.content for m in window if m.role == "user"] == ["first message"]
+        assert (await service.run_turn("t", "next")).turn == 2
+
+
+async def test_slot_correction_replaces_the_remembered_fact(service: ChatService):
+    # The fact a turn stored ("email: old@...") stayed in vector memory after a correction,
+    # so recall could keep offering the old value next to the corrected slot.
+    await service.create_thread(thread_id="t")
+    await service.run_turn("t", "My email is old@example.com")
+    assert service.memory is not None
+
+    def fact() -> str:
+        # Read by id: search would fold the fact into the near-identical user turn.
+        stored = service.memory._collection.get(ids=["t:fact:email"])  # type: ignore[union-attr]
+        return " ".join(stored["documents"] or [])
+
+    assert "old@example.com" in fact()
+    await service.update_slots("t", {"email": "new@example.com"})
+    assert "new@example.com" in fact() and "old@example.com" not in fact()
+    await service.run_turn("t", "Thanks.")
+    assert "new@example.com" in fact() and "old@example.com" not in fact()
+
+
+async def test_slot_corrections_keep_checkpoints_bounded(tmp_path: Path) -> None:
+    # Every correction writes a checkpoint; only turns used to prune, so a thread corrected
+    # often (a CRM syncing its fields) grew without bound.
+    settings = Settings(data_dir=tmp_path, embedder="hash", keep_checkpoints=3)
+    async with open_service(settings, chat_model=ScriptedChatModel()) as service:
+        await service.create_thread(thread_id="t")
+        await service.run_turn("t", "My name is Ada.")
+        for i in range(8):
+            await service.update_slots("t", {"name": f"Ada {i}"})
+        assert len(await service.history("t", limit=100)) <= 3
+        assert (await service.get_thread("t")).slots["name"]["value"] == "Ada 7"
