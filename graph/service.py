@@ -44,6 +44,7 @@ from graph.state import (
 from nodes.budget import ContextOverflowError
 from nodes.generate_reply import TurnCancelled
 from nodes.postprocess import postprocess_reply
+from nodes.remember import fact_id, fact_record
 from nodes.slots import apply_slot_value, clear_slot
 from store.checkpointer import open_checkpointer, prune_checkpoints
 from store.threads import ThreadRegistry, open_thread_registry
@@ -163,10 +164,10 @@ def _model_seed(generation: dict[str, Any]) -> dict[str, Any]:
 
 
 def valid_thread_id(thread_id: object) -> bool:
-    """Whether ``thread_id`` can name a thread: 1-200 printable characters, not all blank."""
+    """Whether ``thread_id`` can name a thread: 1-128 printable characters, not all blank."""
     return (
         isinstance(thread_id, str)
-        and 0 < len(thread_id) <= 200
+        and 0 < len(thread_id) <= 128
         and thread_id.isprintable()
         and bool(thread_id.strip())
     )
@@ -297,7 +298,7 @@ class ChatService:
         """Register a thread (id generated when not given; an existing id raises ServiceError)."""
         thread_id = thread_id or uuid.uuid4().hex
         if not valid_thread_id(thread_id):
-            raise ServiceError("a thread id is 1 to 200 printable characters, not only white space")
+            raise ServiceError("a thread id is 1 to 128 printable characters, not only white space")
         if await self.registry.is_deleted(thread_id):
             raise ServiceError(f"thread id {thread_id!r} belonged to a deleted thread")
         try:
@@ -311,7 +312,7 @@ class ChatService:
     async def ensure_thread(self, thread_id: str, *, owner: str = "anonymous") -> ThreadInfo:
         """The thread, created for ``owner`` if it does not exist yet."""
         if not valid_thread_id(thread_id):
-            raise ServiceError("a thread id is 1 to 200 printable characters, not only white space")
+            raise ServiceError("a thread id is 1 to 128 printable characters, not only white space")
         record = await self.registry.get(thread_id)
         if record is None:
             if await self.registry.is_deleted(thread_id):
@@ -396,7 +397,8 @@ class ChatService:
         """Correct (str) or clear (None) slots; the old value goes to the slot's history.
 
         A corrected value also replaces the slot's fact in vector memory, as a correction made
-        in conversation does, so that recall no longer offers the old value.
+        in conversation does, and a cleared slot's fact is deleted, so that recall no longer
+        offers the old value.
         """
         info = await self._info(thread_id, owner)
         async with self._locks.hold(thread_id):
@@ -422,8 +424,16 @@ class ChatService:
             if updates:
                 await self.graph.aupdate_state(config, {"slots": updates}, as_node="remember")
                 facts = _fact_records(thread_id, info.owner, updates, turn=turn)
+                cleared_ids = [
+                    fact_id(thread_id, name)
+                    for name, slot in updates.items()
+                    if slot.get("value") in (None, "")
+                ]
                 if self.memory is not None and facts:
                     await asyncio.to_thread(self.memory.add, facts)
+                if self.memory is not None and cleared_ids:
+                    await asyncio.to_thread(self.memory.delete_records, cleared_ids)
+                await self.registry.touch(thread_id)
                 await self._prune(thread_id)
             current.update(updates)
             return current
@@ -676,19 +686,10 @@ class ChatService:
 def _fact_records(
     thread_id: str, user_id: str, slots: dict[str, Slot], *, turn: int
 ) -> list[MemoryRecord]:
-    """The memory facts of corrected slots, with the ids and text ``remember`` gives them."""
+    """The memory facts of corrected slots, as ``remember`` writes them."""
     stamp = datetime.now(UTC).isoformat()
     return [
-        MemoryRecord(
-            id=f"{thread_id}:fact:{name}",
-            text=f"{name.replace('_', ' ')}: {slot['value']}",
-            thread_id=thread_id,
-            user_id=user_id,
-            turn=turn,
-            role="fact",
-            timestamp=stamp,
-            extra={"slot": name, "source": str(slot.get("source", ""))},
-        )
+        fact_record(thread_id, user_id, name, slot, turn=turn, timestamp=stamp)
         for name, slot in sorted(slots.items())
         if slot.get("value") not in (None, "")
     ]

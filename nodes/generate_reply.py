@@ -13,7 +13,7 @@ from langgraph.runtime import Runtime
 
 from graph.context import Context
 from graph.state import ChatState, ContextAccount, LongSummary, Snippet
-from nodes.budget import Section, assemble_prompt
+from nodes.budget import ContextOverflowError, Section, assemble_prompt
 from nodes.postprocess import postprocess_reply
 from nodes.prompts import system_prompt
 from nodes.slots import render_slots
@@ -172,6 +172,11 @@ def make_generate_reply(
             # deployment runs a small context window: it gets half of the window at most.
             max_new = min(profile_max_new_tokens(ctx.profile), max(1, context_window // 2))
         budget = context_window - max_new
+        if budget <= 0:
+            raise ContextOverflowError(
+                f"a reply of {max_new} tokens leaves no room for the prompt in the context "
+                f"window of {context_window} tokens; ask for fewer reply tokens"
+            )
         rules = system_prompt(ctx.profile, persona=ctx.persona, role=ctx.system_prompt)
         assembled = assemble_prompt(
             _prompt_counter(chat_model, ctx.generation),

@@ -39,6 +39,33 @@ def _stamp(message: AnyMessage, key: str) -> Any:
     return message.additional_kwargs.get(key)
 
 
+def fact_id(thread_id: str, slot_name: str) -> str:
+    """The memory id of a slot's fact: one record per slot, so a new value replaces the old."""
+    return f"{thread_id}:fact:{slot_name}"
+
+
+def fact_record(
+    thread_id: str,
+    user_id: str,
+    name: str,
+    slot: Slot,
+    *,
+    turn: int,
+    timestamp: str | None,
+) -> MemoryRecord:
+    """The ``"fact"`` record of a slot's current value."""
+    return MemoryRecord(
+        id=fact_id(thread_id, name),
+        text=f"{name.replace('_', ' ')}: {slot['value']}",
+        thread_id=thread_id,
+        user_id=user_id,
+        turn=turn,
+        role="fact",
+        timestamp=timestamp,
+        extra={"slot": name, "source": str(slot.get("source", ""))},
+    )
+
+
 def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[MemoryRecord]:
     """The records one finished turn adds to memory.
 
@@ -94,18 +121,7 @@ def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[
     for name, slot in sorted(slots.items()):
         if slot.get("turn") != turn or slot.get("value") in (None, ""):
             continue
-        records.append(
-            MemoryRecord(
-                id=f"{thread_id}:fact:{name}",
-                text=f"{name.replace('_', ' ')}: {slot['value']}",
-                thread_id=thread_id,
-                user_id=user_id,
-                turn=turn,
-                role="fact",
-                timestamp=timestamp,
-                extra={"slot": name, "source": str(slot.get("source", ""))},
-            )
-        )
+        records.append(fact_record(thread_id, user_id, name, slot, turn=turn, timestamp=timestamp))
     return records
 
 

@@ -74,6 +74,10 @@ class MemoryStore(Protocol):
         """Delete every record of the thread and refuse later writes to it; returns the count."""
         ...
 
+    def delete_records(self, ids: Sequence[str]) -> int:
+        """Delete the records with these ids (absent ids are ignored); returns the count."""
+        ...
+
     def forget_thread_tombstone(self, thread_id: str) -> bool:
         """Accept writes to a deleted thread again (a reset keeps the thread)."""
         ...

@@ -309,6 +309,23 @@ class ChromaMemory:
         self._collection.delete(where=where)
         return count
 
+    def delete_records(self, ids: Sequence[str]) -> int:
+        """Delete the records with these ids (e.g. the fact of a cleared slot).
+
+        Args:
+            ids: Record ids; ids that are not stored are ignored.
+
+        Returns:
+            How many records were deleted.
+        """
+        wanted = [i for i in dict.fromkeys(ids) if i]
+        if not wanted:
+            return 0
+        present = self._collection.get(ids=wanted, include=[])["ids"]
+        if present:
+            self._collection.delete(ids=list(present))
+        return len(present)
+
     def forget_thread_tombstone(self, thread_id: str) -> bool:
         """Let a deleted thread be written again (a reset clears a thread but keeps it).
 

@@ -174,7 +174,7 @@ async def test_message_that_cannot_fit_is_a_context_error(service: ChatService):
     assert (await service.get_thread("t")).window == []
 
 
-@pytest.mark.parametrize("bad", ["", " ", "\n", "a\x00b", "x" * 201])
+@pytest.mark.parametrize("bad", ["", " ", "\n", "a\x00b", "x" * 129])
 async def test_impossible_thread_ids_are_not_found_or_refused(service: ChatService, bad: str):
     with pytest.raises(ThreadNotFoundError):
         await service.get_thread(bad)
@@ -242,6 +242,10 @@ async def test_slot_correction_replaces_the_remembered_fact(service: ChatService
     assert "new@example.com" in fact() and "old@example.com" not in fact()
     await service.run_turn("t", "Thanks.")
     assert "new@example.com" in fact() and "old@example.com" not in fact()
+    # Clearing the slot forgets its fact too.
+    await service.update_slots("t", {"email": None})
+    assert fact() == ""
+    assert service.memory.count(thread_id="t") > 0  # the turns themselves stay
 
 
 async def test_slot_corrections_keep_checkpoints_bounded(tmp_path: Path) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
 
 from graph.context import Context
-from graph.state import Snippet
+from graph.state import ChatState, Snippet
+from nodes.budget import ContextOverflowError
 from nodes.generate_reply import make_generate_reply
 from tests.fakes import ScriptedChatModel
 
@@ -69,3 +71,11 @@ def test_the_prompt_is_counted_as_it_is_sent_when_thinking_is_switched_per_call(
     ctx = Context(generation={"enable_thinking": False, "temperature": 0})
     account = node(state, Runtime(context=ctx))["context_account"]  # type: ignore[arg-type]
     assert account["usage"]["prompt_tokens"] == account["total"]
+
+
+def test_a_reply_longer_than_the_window_is_refused_with_a_clear_message() -> None:
+    node = make_generate_reply(ScriptedChatModel(), profile_max_new_tokens=lambda _: 512)
+    state: ChatState = {"messages": [HumanMessage("hi", additional_kwargs={"turn": 1})], "turn": 1}
+    ctx = Context(context_window=1024, max_new_tokens=4096)
+    with pytest.raises(ContextOverflowError, match="leaves no room for the prompt"):
+        node(state, Runtime(context=ctx))

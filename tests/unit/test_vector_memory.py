@@ -313,3 +313,30 @@ def test_a_delete_landing_during_a_write_wins() -> None:
     assert memory.count(thread_id="t1") == 0
     assert memory.search("flight", thread_id="t1", user_id=None, k=5) == []
     assert memory.count(thread_id="t2") == 1
+
+
+def test_delete_records_removes_only_those_ids() -> None:
+    memory = ChromaMemory.ephemeral(CharFrequencyEmbedder())
+    memory.add(
+        [
+            MemoryRecord(
+                id="t:fact:email",
+                text="email: a@example.com",
+                thread_id="t",
+                user_id="u",
+                turn=1,
+                role="fact",
+            ),
+            MemoryRecord(
+                id="t:1:user",
+                text="My email is a@example.com",
+                thread_id="t",
+                user_id="u",
+                turn=1,
+                role="user",
+            ),
+        ]
+    )
+    assert memory.delete_records(["t:fact:email", "t:fact:missing"]) == 1
+    assert memory.count(thread_id="t") == 1
+    assert memory.delete_records([]) == 0
