@@ -267,32 +267,64 @@ class CatchAllMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuse a request whose declared body is larger than ``max_bytes`` before reading it.
+    """Refuse a request body larger than ``max_bytes`` with 413.
+
+    A declared ``Content-Length`` over the limit is refused before reading; a body without one
+    (chunked) is counted as it arrives, and the app sees a disconnect once it passes the limit.
 
     Args:
         app: The wrapped application.
-        max_bytes: Largest ``Content-Length`` accepted.
+        max_bytes: Largest body accepted.
     """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
+    def _error(self, size: int | None) -> ApiError:
+        told = f"has {size} bytes" if size is not None else "is larger than that"
+        return ApiError(
+            413,
+            f"The request body {told}; the limit is {self.max_bytes}.",
+            code="request_too_large",
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", []):
-                if name == b"content-length":
-                    try:
-                        size = int(value)
-                    except ValueError:
-                        size = 0
-                    if size > self.max_bytes:
-                        error = ApiError(
-                            413,
-                            f"The request body has {size} bytes; the limit is {self.max_bytes}.",
-                            code="request_too_large",
-                        )
-                        await error.response()(scope, receive, send)
-                        return
-                    break
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    size = int(value)
+                except ValueError:
+                    size = 0
+                if size > self.max_bytes:
+                    await self._error(size).response()(scope, receive, send)
+                    return
+                break
+        received = 0
+        refused = False
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request" and not refused:
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    if not started:
+                        await self._error(None).response()(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 has been sent; the app's own answer is dropped
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, counting_receive, guarded_send)

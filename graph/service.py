@@ -587,6 +587,11 @@ class ChatService:
                 raise TurnCancelledError("the turn was cancelled")
         except BaseException as exc:
             await self._rollback(thread_id, before if before_id else None)
+            cancelled = isinstance(exc, TurnCancelledError | TurnCancelled)
+            if cancelled and await self.registry.is_deleted(thread_id):
+                # Cancelled because the thread was deleted under it: for the client the thread
+                # is gone, not busy.
+                raise ThreadNotFoundError(f"thread {thread_id!r} was deleted") from exc
             if isinstance(exc, ServiceError):
                 raise
             if isinstance(exc, ContextOverflowError):

@@ -29,9 +29,14 @@ HEADINGS = {
 }
 
 
+def _is_memo(name: str) -> bool:
+    return name.startswith("memo:")
+
+
 def _state_block(state: ChatState) -> str:
     lines: list[str] = []
-    slots = render_slots(state.get("slots") or {})
+    core = {k: v for k, v in (state.get("slots") or {}).items() if not _is_memo(k)}
+    slots = render_slots(core)
     if slots:
         lines.append(slots)
     if state.get("topic"):
@@ -96,6 +101,24 @@ def build_sections(state: ChatState) -> list[Section]:
     block = _state_block(state)
     if block:
         sections.append(Section(kind="state", label="state", text=block, priority=60))
+    # Memos ("remember that ...") can pile up: each is its own section, so that when the state
+    # no longer fits, the oldest memos go first (after recalled memories and summaries, before
+    # the recent window) instead of the whole state block.
+    memos = sorted(
+        ((name, slot) for name, slot in (state.get("slots") or {}).items() if _is_memo(name)),
+        key=lambda item: item[1].get("turn", 0),
+    )
+    for i, (name, slot) in enumerate(memos):
+        text = render_slots({name: slot})
+        if text:
+            sections.append(
+                Section(
+                    kind="state",
+                    label=f"slot:{name}",
+                    text=text,
+                    priority=51 + min(8, i * 9 // max(1, len(memos))),
+                )
+            )
     l2 = state.get("summary_l2")
     if l2:
         sections.append(

@@ -330,7 +330,8 @@ async def test_delete_during_a_turn_refuses_its_late_write(tmp_path: Path) -> No
         model.hold.set()
         late, deleted = await turn, await deletion
         assert deleted.status_code == 204
-        assert late.status_code in (404, 409), late.text
-        assert late.json()["error"]["code"] in ("thread_not_found", "turn_cancelled")
+        # For the client of the interrupted turn the thread is gone, not busy.
+        assert late.status_code == 404, late.text
+        assert late.json()["error"]["code"] == "thread_not_found"
         assert (await client.get(f"/threads/{thread_id}")).status_code == 404
         assert (await client.get("/threads")).json()["total"] == 0

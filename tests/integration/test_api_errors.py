@@ -235,3 +235,20 @@ async def test_oversized_body_is_refused_before_reading(client: httpx.AsyncClien
     error = assert_error_shape(response, 413)
     assert error["code"] == "request_too_large"
     assert (await client.get(f"/threads/{thread_id}")).json()["thread"]["turns"] == 0
+
+
+async def test_oversized_chunked_body_is_refused_too(client: httpx.AsyncClient) -> None:
+    thread_id = (await client.post("/threads")).json()["thread_id"]
+
+    async def chunks():  # no Content-Length: the body is sent chunked
+        yield b'{"content": "'
+        for _ in range(6):
+            yield b"x" * (1024 * 1024)
+        yield b'"}'
+
+    response = await client.post(f"/threads/{thread_id}/messages", content=chunks(), headers=JSON)
+    error = assert_error_shape(response, 413)
+    assert error["code"] == "request_too_large"
+    assert (await client.get(f"/threads/{thread_id}")).json()["thread"]["turns"] == 0
+    ok = await client.post(f"/threads/{thread_id}/messages", json={"content": "hello"})
+    assert ok.status_code == 200

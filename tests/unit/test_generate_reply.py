@@ -79,3 +79,33 @@ def test_a_reply_longer_than_the_window_is_refused_with_a_clear_message() -> Non
     ctx = Context(context_window=1024, max_new_tokens=4096)
     with pytest.raises(ContextOverflowError, match="leaves no room for the prompt"):
         node(state, Runtime(context=ctx))
+
+
+def test_old_memos_are_dropped_before_the_state_block() -> None:
+    model = ScriptedChatModel()
+    node = make_generate_reply(model, profile_max_new_tokens=lambda _: 64)
+    slots = {
+        "name": {"value": "Ada", "turn": 1, "source": "rule:name", "evidence": "", "history": []},
+    }
+    for t in range(1, 41):
+        slots[f"memo:item{t}"] = {
+            "value": f"remember item number {t} " + "detail " * 20,
+            "turn": t,
+            "source": "rule:memo",
+            "evidence": "",
+            "history": [],
+        }
+    state: ChatState = {
+        "messages": [HumanMessage("what do you remember?", additional_kwargs={"turn": 41})],
+        "turn": 41,
+        "slots": slots,
+    }
+    out = node(state, Runtime(context=Context(context_window=700)))
+    account = out["context_account"]
+    dropped = account["dropped"]
+    assert "state" not in dropped
+    assert "slot:memo:item1" in dropped
+    assert "slot:memo:item40" not in dropped
+    system = str(model.history[-1]["messages"][0].content)
+    assert "Ada" in system and "item number 40" in system
+    assert account["total"] <= 700 - 64
