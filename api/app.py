@@ -134,7 +134,7 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
             app.state.service = service
             yield
             return
-        from graph.service import open_service
+        from graph.compose import open_service
 
         logger.info("opening the chat service")
         async with open_service(settings) as opened:

@@ -118,7 +118,7 @@ class LocalConversation:
     """A conversation kept in memory and sent whole to the chat model each turn."""
 
     def __init__(self, model: QwenChatModel, *, profile: str = "general") -> None:
-        from graph.profiles import get_profile
+        from nodes.profiles import get_profile
 
         get_profile(profile)
         self._model = model
@@ -132,7 +132,7 @@ class LocalConversation:
 
     def set_profile(self, name: str) -> None:
         """Switch the generation profile for later replies."""
-        from graph.profiles import get_profile
+        from nodes.profiles import get_profile
 
         get_profile(name)
         self._profile = name
@@ -238,7 +238,7 @@ class ServiceConversation:
         import asyncio
         import threading
 
-        from graph.service import open_service
+        from graph.compose import open_service
 
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -256,7 +256,7 @@ class ServiceConversation:
 
     def set_profile(self, name: str) -> None:
         """Switch the generation profile for later replies."""
-        from graph.profiles import get_profile
+        from nodes.profiles import get_profile
 
         get_profile(name)
         self._profile = name
@@ -270,7 +270,7 @@ class ServiceConversation:
         import asyncio
         import contextlib
 
-        from graph.service import ServiceError
+        from graph.errors import ServiceError
 
         context = self._service.context(profile=self._profile)
         events = self._service.stream_turn(self.thread_id, text, context=context)

@@ -14,21 +14,16 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from graph import service as _service
-from graph.service import (
+from graph.errors import (
     ContextLengthError,
     ServiceError,
     ThreadBusyError,
     ThreadNotFoundError,
     TurnCancelledError,
+    TurnFailedError,
 )
 
 logger = logging.getLogger("steadychat.api")
-
-# An internal failure during a turn (the model crashed, a store broke): a 500 whose text is
-# never shown, since it may carry paths or connection strings. Resolved by name so the API
-# builds against a service that does not define it yet.
-_TURN_FAILED: type[ServiceError] | None = getattr(_service, "TurnFailedError", None)
 
 # Clients such as the openai package retry 409 and 5xx on their own; a busy thread or a
 # rejected key would only be hit again, so these answers tell them not to.
@@ -119,7 +114,9 @@ def service_error_to_api(exc: ServiceError) -> ApiError:
     Returns:
         The equivalent ApiError (404, 409, 400).
     """
-    if _TURN_FAILED is not None and isinstance(exc, _TURN_FAILED):
+    if isinstance(exc, TurnFailedError):
+        # An internal failure during a turn (the model crashed, a store broke): its text is
+        # never shown, since it may carry paths or connection strings.
         return ApiError(
             500,
             "The server had an error while generating the reply.",

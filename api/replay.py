@@ -12,7 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from graph.service import ChatService, ServiceError, ThreadNotFoundError, open_service
+from graph.compose import open_service
+from graph.errors import ServiceError, ThreadNotFoundError
+from graph.service import ChatService
 from graph.settings import Settings
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
-from graph.service import CheckpointView, ThreadInfo, ThreadView, TurnResult
+from graph.views import CheckpointView, ThreadRecord, ThreadView, TurnResult
 
 Profile = Literal["general", "professional", "creative", "precise"]
 
@@ -40,8 +40,8 @@ class ThreadPublic(BaseModel):
     metadata: dict[str, Any]
 
     @classmethod
-    def of(cls, info: ThreadInfo) -> ThreadPublic:
-        """Build from the service's ThreadInfo."""
+    def of(cls, info: ThreadRecord) -> ThreadPublic:
+        """Build from a thread record."""
         return cls(
             thread_id=info.thread_id,
             title=info.title,

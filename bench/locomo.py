@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nodes.memory import Embedder, MemoryRecord
 from store.embeddings import load_embedder
 from store.lexical import BM25Scorer, TokenizedDoc
-from store.types import Embedder, MemoryRecord
 from store.vector_memory import ChromaMemory, stamp_text
 
 __all__ = [

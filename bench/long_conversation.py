@@ -23,7 +23,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import START, MessagesState, StateGraph
 
 from bench.conversation import scripted_reply, scripted_user_turns
-from graph.service import open_service
+from graph.compose import open_service
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
 

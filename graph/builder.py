@@ -8,23 +8,25 @@ turn folded this very turn is then recallable, and nothing the model sees twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
 
-from graph.context import Context
-from graph.profiles import get_profile
-from graph.state import ChatState
-from nodes.begin_turn import make_begin_turn, route_after_slots
+from nodes.begin_turn import make_begin_turn
 from nodes.compact_summary import make_compact_summary
+from nodes.context import Context
 from nodes.extract_slots import make_extract_slots
 from nodes.generate_reply import make_generate_reply
+from nodes.memory import MemoryStore
 from nodes.remember import make_remember
 from nodes.retrieve_memory import make_retrieve_memory
-from store.types import MemoryStore
+from nodes.state import ChatState
+
+__all__ = ["Deps", "TurnGraph", "build_graph", "compile_graph", "route_after_slots"]
 
 
 @dataclass(kw_only=True)
@@ -47,26 +49,32 @@ def _no_remember(state: ChatState) -> dict[str, Any]:
     return {}
 
 
+def route_after_slots(
+    state: ChatState, runtime: Runtime[Context]
+) -> Literal["compact_summary", "retrieve_memory"]:
+    """Compact only when the window (measured at the start of the turn) is over its budget."""
+    ctx = runtime.context or Context()
+    over = state.get("window_tokens", 0) > ctx.window_tokens
+    return "compact_summary" if over else "retrieve_memory"
+
+
 TurnGraph = StateGraph[ChatState, Context, ChatState, ChatState]
 
 
 def build_graph(deps: Deps) -> TurnGraph:
     """Return the uncompiled turn graph wired with ``deps``."""
     helper = deps.helper_model or deps.chat_model
+    memory = deps.memory
+    builder = StateGraph(ChatState, context_schema=Context)
     # Typed Any: LangGraph's add_node overloads cannot infer a union of node signatures.
     nodes: dict[str, Any] = {
         "begin_turn": make_begin_turn(deps.chat_model),
         "extract_slots": make_extract_slots(helper),
         "compact_summary": make_compact_summary(helper, count_with=deps.chat_model),
-        "retrieve_memory": (
-            make_retrieve_memory(deps.memory) if deps.memory is not None else _no_recall
-        ),
-        "generate_reply": make_generate_reply(
-            deps.chat_model, profile_max_new_tokens=lambda p: get_profile(p).max_new_tokens
-        ),
-        "remember": make_remember(deps.memory) if deps.memory is not None else _no_remember,
+        "retrieve_memory": make_retrieve_memory(memory) if memory is not None else _no_recall,
+        "generate_reply": make_generate_reply(deps.chat_model),
+        "remember": make_remember(memory) if memory is not None else _no_remember,
     }
-    builder = StateGraph(ChatState, context_schema=Context)
     for name, node in nodes.items():
         builder.add_node(name, node)
     builder.add_edge(START, "begin_turn")

@@ -27,13 +27,15 @@ from langchain_core.runnables import Runnable
 from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
 from pydantic import ConfigDict, PrivateAttr, model_validator
 
-from graph.profiles import get_profile, resolve_generation
+from nodes.profiles import get_profile, resolve_generation
 
 __all__ = ["QwenChatModel", "StopSequenceFilter", "ThinkStripper"]
 
 # Lone UTF-16 surrogates (JSON "\ud800") are valid in a Python str but not in UTF-8: the
 # tokenizer rejects them with a TypeError. They become U+FFFD, as a UTF-8 decoder would do.
 _SURROGATES = re.compile("[\ud800-\udfff]")
+
+_SEED_RANGE = 2**32
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -474,7 +476,10 @@ class QwenChatModel(ChatHuggingFace):
             generate_kwargs=generate_kwargs,
             max_new_tokens=generate_kwargs["max_new_tokens"],
             stop=[s for s in (stops or []) if s],
-            seed=seed,
+            # Any integer is a seed (OpenAI's is unbounded, negative included) while
+            # transformers' set_seed takes 0 to 2**32 - 1: folding keeps every seed
+            # deterministic instead of failing the call.
+            seed=None if seed is None else seed % _SEED_RANGE,
             enable_thinking=kwargs.get("enable_thinking"),
             cancel_event=cancel_event,
             profile=profile,

@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     @field_validator("default_profile")
     @classmethod
     def _check_profile(cls, value: str) -> str:
-        from graph.profiles import PROFILES
+        from nodes.profiles import PROFILES
 
         if value not in PROFILES:
             raise ValueError(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
 from langgraph.runtime import Runtime
 
-from graph.context import Context
-from graph.state import ChatState
+from nodes.context import Context
+from nodes.state import ChatState
 
 
 def make_begin_turn(
@@ -42,12 +42,3 @@ def make_begin_turn(
         }
 
     return begin_turn
-
-
-def route_after_slots(
-    state: ChatState, runtime: Runtime[Context]
-) -> Literal["compact_summary", "retrieve_memory"]:
-    """Compact only when the window (measured at the start of the turn) is over its budget."""
-    ctx = runtime.context or Context()
-    over = state.get("window_tokens", 0) > ctx.window_tokens
-    return "compact_summary" if over else "retrieve_memory"

@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
-
-class ContextOverflowError(ValueError):
-    """The mandatory parts of the prompt (system rules, the user turn) do not fit the budget."""
+from nodes.errors import ContextOverflowError
 
 
 @dataclass(kw_only=True)

@@ -11,8 +11,8 @@ from langchain_core.messages import BaseMessage, RemoveMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from langgraph.runtime import Runtime
 
-from graph.context import Context
-from graph.state import ChatState, LongSummary, SummaryChunk
+from nodes.context import Context
+from nodes.state import ChatState, LongSummary, SummaryChunk
 from nodes.summaries import (
     DEFAULT_LIMITS,
     SummaryLimits,

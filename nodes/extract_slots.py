@@ -11,11 +11,11 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage
 from langgraph.runtime import Runtime
 
-from graph.context import Context
-from graph.state import ChatState, Slot
+from nodes.context import Context
 from nodes.slot_model_pass import extract_model_slots, merge_findings
 from nodes.slot_rules import SlotFinding, extract_rule_slots
 from nodes.slots import apply_slot_value
+from nodes.state import ChatState, Slot
 from nodes.tracking import (
     add_pending,
     detect_questions,

@@ -11,12 +11,14 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.runtime import Runtime
 
-from graph.context import Context
-from graph.state import ChatState, ContextAccount, LongSummary, Snippet
-from nodes.budget import ContextOverflowError, Section, assemble_prompt
+from nodes.budget import Section, assemble_prompt
+from nodes.context import Context
+from nodes.errors import ContextOverflowError, TurnCancelled
 from nodes.postprocess import postprocess_reply
+from nodes.profiles import get_profile
 from nodes.prompts import system_prompt
 from nodes.slots import render_slots
+from nodes.state import ChatState, ContextAccount, LongSummary, Snippet
 from nodes.tracking import resolve_pending
 
 log = logging.getLogger(__name__)
@@ -165,14 +167,22 @@ def _prompt_counter(chat_model: BaseChatModel, generation: dict[str, Any]) -> Ba
     return chat_model.model_copy(update={"enable_thinking": thinking})
 
 
+def profile_reply_tokens(profile: str) -> int:
+    """The reply budget a generation profile sets."""
+    return get_profile(profile).max_new_tokens
+
+
 def make_generate_reply(
-    chat_model: BaseChatModel, *, profile_max_new_tokens: Callable[[str], int]
+    chat_model: BaseChatModel,
+    *,
+    profile_max_new_tokens: Callable[[str], int] = profile_reply_tokens,
 ) -> Callable[[ChatState, Runtime[Context]], dict[str, Any]]:
     """Build the generate_reply node.
 
     Args:
         chat_model: The chat model (one instance serves every thread).
-        profile_max_new_tokens: Reply budget of a generation profile.
+        profile_max_new_tokens: Reply budget of a generation profile (the profile's own
+            ``max_new_tokens`` unless a caller decides otherwise).
     """
 
     def generate_reply(state: ChatState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -260,7 +270,3 @@ def make_generate_reply(
         return {"messages": [ai], "context_account": account, "pending_questions": pending}
 
     return generate_reply
-
-
-class TurnCancelled(RuntimeError):
-    """Generation was stopped because the caller cancelled the turn."""

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
-from graph.context import Context
-from graph.state import ChatState, Slot
-from nodes.generate_reply import TurnCancelled
-from store.types import MemoryRecord, MemoryStore, ThreadDeletedError
+from nodes.context import Context
+from nodes.errors import ThreadDeletedError, TurnCancelled
+from nodes.memory import MemoryRecord, MemoryStore
+from nodes.state import ChatState, Slot
 
-__all__ = ["exchange_records", "make_remember"]
+__all__ = ["exchange_records", "fact_id", "fact_record", "make_remember", "slot_memory_changes"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,31 @@ def fact_record(
         timestamp=timestamp,
         extra={"slot": name, "source": str(slot.get("source", ""))},
     )
+
+
+def slot_memory_changes(
+    thread_id: str, user_id: str, slots: Mapping[str, Slot], *, turn: int, timestamp: str | None
+) -> tuple[list[MemoryRecord], list[str]]:
+    """What memory must change when slots change outside a turn (a user's correction).
+
+    Args:
+        thread_id: The thread.
+        user_id: The thread's owner.
+        slots: The changed slots.
+        turn: The thread's current turn.
+        timestamp: When the change was made (ISO-8601).
+
+    Returns:
+        The fact records of the slots that hold a value, and the fact ids of cleared slots,
+        so that recall no longer offers a cleared value.
+    """
+    facts = [
+        fact_record(thread_id, user_id, name, slot, turn=turn, timestamp=timestamp)
+        for name, slot in sorted(slots.items())
+        if slot.get("value") not in (None, "")
+    ]
+    cleared = [fact_id(thread_id, name) for name, slot in slots.items() if not slot.get("value")]
+    return facts, cleared
 
 
 def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[MemoryRecord]:
@@ -146,7 +171,7 @@ def make_remember(memory: MemoryStore) -> RememberNode:
 
         Args:
             state: The thread's state after the reply.
-            runtime: Carries the per-run :class:`~graph.context.Context` (``user_id``).
+            runtime: Carries the per-run :class:`~nodes.context.Context` (``user_id``).
             config: The run config; ``configurable.thread_id`` names the thread.
 
         Returns:

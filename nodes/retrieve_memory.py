@@ -10,9 +10,9 @@ from langchain_core.messages import AnyMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
-from graph.context import Context
-from graph.state import ChatState, Snippet
-from store.types import MemoryHit, MemoryStore
+from nodes.context import Context
+from nodes.memory import MemoryHit, MemoryStore
+from nodes.state import ChatState, Snippet
 
 __all__ = ["last_user_text", "make_retrieve_memory", "window_start_turn"]
 
@@ -103,7 +103,7 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
 
         Args:
             state: The thread's state.
-            runtime: Carries the per-run :class:`~graph.context.Context`.
+            runtime: Carries the per-run :class:`~nodes.context.Context`.
             config: The run config; ``configurable.thread_id`` names the thread.
 
         Returns:

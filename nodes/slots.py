@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from graph.state import Slot, SlotChange
+from nodes.state import Slot, SlotChange
 
 __all__ = [
     "MAX_HISTORY",
     "apply_slot_value",
     "clear_slot",
+    "correct_slots",
     "render_slots",
     "slot_label",
 ]
@@ -103,6 +104,37 @@ def clear_slot(current: Slot | None, *, turn: int, source: str = "user") -> Slot
     return Slot(
         value=None, turn=turn, source=source, evidence="", history=_history_with(current, turn)
     )
+
+
+def correct_slots(
+    current: Mapping[str, Slot], changes: Mapping[str, str | None], *, turn: int
+) -> dict[str, Slot]:
+    """The slots a user's correction changes: a string sets a value, ``None`` clears it.
+
+    Old values move into each slot's history, as a correction made in conversation does.
+
+    Args:
+        current: The thread's slots.
+        changes: Slot name to its new value, or to ``None`` to clear it.
+        turn: The thread's current turn (the corrected values are dated to it).
+
+    Returns:
+        The changed slots only (a value the slot already holds changes nothing).
+
+    Raises:
+        ValueError: A cleared slot does not exist, or a value is empty.
+    """
+    updates: dict[str, Slot] = {}
+    for name, value in changes.items():
+        if value is None:
+            if name not in current:
+                raise ValueError(f"slot {name!r} does not exist")
+            slot = clear_slot(current[name], turn=turn)
+        else:
+            slot = apply_slot_value(current.get(name), value, turn=turn, source="user", evidence="")
+        if slot is not None:
+            updates[name] = slot
+    return updates
 
 
 def slot_label(name: str) -> str:

@@ -17,7 +17,7 @@ from langchain_core.utils.json import parse_json_markdown
 from langgraph.constants import TAG_NOSTREAM
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from graph.state import LongSummary, SummaryChunk
+from nodes.state import LongSummary, SummaryChunk
 
 __all__ = [
     "SummaryLimits",

@@ -6,8 +6,8 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 
-from graph.state import PendingQuestion
 from nodes.slot_rules import is_question, normalize_text, split_sentences
+from nodes.state import PendingQuestion
 
 __all__ = [
     "MAX_ENTITIES",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from store.types import Embedder
+from nodes.memory import Embedder
 
 __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
@@ -38,7 +38,7 @@ def default_model_path() -> str:
 
 
 class SentenceTransformerEmbedder:
-    """An :class:`~store.types.Embedder` over a sentence-transformers model (normalized vectors).
+    """An :class:`~nodes.memory.Embedder` over a sentence-transformers model (normalized vectors).
 
     Safe to share between threads: the fast tokenizer underneath refuses concurrent use
     ("Already borrowed"), so calls to ``encode`` are serialized.
@@ -185,7 +185,7 @@ def load_embedder(name: str, *, device: str = "cpu") -> Embedder:
         device: Torch device for sentence-transformers models.
 
     Returns:
-        An object implementing :class:`~store.types.Embedder`.
+        An object implementing :class:`~nodes.memory.Embedder`.
 
     Raises:
         ValueError: ``name`` is empty.

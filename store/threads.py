@@ -15,8 +15,8 @@ from typing import Any
 import aiosqlite
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
+from nodes.errors import ThreadDeletedError
 from store.checkpointer import _import_postgres, _prepare_sqlite_path, parse_store_url
-from store.types import ThreadDeletedError
 
 __all__ = [
     "InMemoryThreadRegistry",

@@ -19,8 +19,9 @@ from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Where
 from chromadb.config import Settings
 
+from nodes.errors import ThreadDeletedError
+from nodes.memory import Embedder, MemoryHit, MemoryRecord
 from store.lexical import BM25Scorer, tokenize, tokenize_doc
-from store.types import Embedder, MemoryHit, MemoryRecord, ThreadDeletedError
 
 __all__ = ["DEFAULT_COLLECTION", "ChromaMemory", "stamp_text"]
 
@@ -67,7 +68,7 @@ def _all_of(conditions: list[Where]) -> Where:
 
 
 class ChromaMemory:
-    """:class:`~store.types.MemoryStore` over a Chroma collection, searched by hybrid retrieval.
+    """:class:`~nodes.memory.MemoryStore` over a Chroma collection, searched by hybrid retrieval.
 
     Each record is one Chroma document (the raw text) with metadata ``thread_id``,
     ``user_id``, ``turn``, ``role``, ``timestamp`` (when known) and the record's ``extra``
@@ -97,7 +98,7 @@ class ChromaMemory:
 
     Deleting a thread writes a tombstone (a second collection, so it persists with the data
     and is seen by every process of a shared server); later writes to the thread raise
-    :class:`~store.types.ThreadDeletedError` until :meth:`forget_thread_tombstone`.
+    :class:`~nodes.memory.ThreadDeletedError` until :meth:`forget_thread_tombstone`.
     """
 
     def __init__(

@@ -40,13 +40,10 @@ from api.openai_schemas import (
     SteadychatExtension,
     Usage,
 )
-from graph.context import Context
-from graph.service import (
-    ChatService,
-    ServiceError,
-    ThreadNotFoundError,
-    TurnResult,
-)
+from graph.errors import ServiceError, ThreadNotFoundError
+from graph.service import ChatService
+from graph.views import TurnResult
+from nodes.context import Context
 
 logger = logging.getLogger("steadychat.api.openai")
 

@@ -30,8 +30,10 @@ from api.schemas import (
     ThreadList,
     ThreadPublic,
 )
-from graph.context import Context
-from graph.service import ChatService, ServiceError, TurnEvent
+from graph.errors import ServiceError
+from graph.service import ChatService
+from graph.views import TurnEvent
+from nodes.context import Context
 
 logger = logging.getLogger("steadychat.api.threads")
 

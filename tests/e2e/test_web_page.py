@@ -22,7 +22,7 @@ from langchain_core.outputs import ChatGenerationChunk
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from api.app import create_app
-from graph.service import open_service
+from graph.compose import open_service
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
 

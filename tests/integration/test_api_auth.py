@@ -10,7 +10,7 @@ import pytest
 
 from api.app import create_app
 from api.auth import KeyRing, owner_for_key
-from graph.service import open_service
+from graph.compose import open_service
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
 

@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from api.logging import RequestContextFilter
-from graph.service import open_service
+from graph.compose import open_service
 from graph.settings import Settings
-from store.types import MemoryHit, MemoryRecord
+from nodes.memory import MemoryHit, MemoryRecord
 from tests.fakes import ScriptedChatModel
 
 

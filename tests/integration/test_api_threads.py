@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from graph.service import open_service
+from graph.compose import open_service
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nodes.errors import ThreadDeletedError
+from nodes.memory import MemoryRecord
 from store.embeddings import CharFrequencyEmbedder
-from store.types import MemoryRecord, ThreadDeletedError
 from store.vector_memory import ChromaMemory
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 from langchain_core.messages import BaseMessage, HumanMessage
 
 from bench.conversation import scripted_reply, scripted_user_turns
-from graph.service import open_service
+from graph.compose import open_service
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
 

@@ -20,7 +20,8 @@ from langchain_core.outputs import ChatGenerationChunk
 from pydantic import PrivateAttr
 
 from api.app import create_app
-from graph.service import ChatService, open_service
+from graph.compose import open_service
+from graph.service import ChatService
 from graph.settings import Settings
 from store.embeddings import load_embedder
 from store.vector_memory import ChromaMemory

@@ -14,6 +14,7 @@ from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
+from nodes.errors import ThreadDeletedError
 from store.checkpointer import (
     open_checkpointer,
     open_sync_checkpointer,
@@ -21,7 +22,7 @@ from store.checkpointer import (
     prune_checkpoints_sync,
 )
 from store.postgres_testing import create_database, pg_available, start_postgres
-from store.threads import ThreadDeletedError, delete_thread_data, open_thread_registry
+from store.threads import delete_thread_data, open_thread_registry
 from tests.unit.test_checkpointer import CONFORMANCE_CAPABILITIES, cfg, echo_graph
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

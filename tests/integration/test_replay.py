@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from api.replay import parse_transcript, replay, run_replay, thread_state
-from graph.service import open_service
+from graph.compose import open_service
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
 

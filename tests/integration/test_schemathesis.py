@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
-from graph.service import open_service
+from graph.compose import open_service
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
 

@@ -14,15 +14,15 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 from pydantic import PrivateAttr
 
-from graph.service import (
-    ChatService,
+from graph.compose import open_service
+from graph.errors import (
     ContextLengthError,
     ServiceError,
     ThreadBusyError,
     ThreadNotFoundError,
     TurnFailedError,
-    open_service,
 )
+from graph.service import ChatService
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
 

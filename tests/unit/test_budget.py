@@ -3,7 +3,8 @@
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
-from nodes.budget import ContextOverflowError, Section, assemble_prompt
+from nodes.budget import Section, assemble_prompt
+from nodes.errors import ContextOverflowError
 from tests.fakes import ScriptedChatModel
 
 HEADINGS = {"state": "Known", "summary_l1": "Summary", "memories": "Recalled"}

@@ -12,9 +12,9 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 
-from graph.context import Context
-from graph.state import ChatState, Slot, SummaryChunk
 from nodes.compact_summary import count_window_tokens, group_exchanges, make_compact_summary
+from nodes.context import Context
+from nodes.state import ChatState, Slot, SummaryChunk
 from tests.fakes import ScriptedChatModel
 
 

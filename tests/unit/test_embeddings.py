@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from nodes.memory import Embedder
 from store.embeddings import CharFrequencyEmbedder, SentenceTransformerEmbedder, load_embedder
-from store.types import Embedder
 
 
 def _cosine(a: list[float], b: list[float]) -> float:

@@ -13,10 +13,10 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
-from graph.context import Context
-from graph.state import ChatState, Slot
+from nodes.context import Context
 from nodes.extract_slots import make_extract_slots
 from nodes.slots import MAX_HISTORY, apply_slot_value, clear_slot, render_slots
+from nodes.state import ChatState, Slot
 from tests.fakes import ScriptedChatModel
 
 STAMP = "2026-11-23T10:00:00+00:00"  # a Monday

@@ -8,10 +8,10 @@ import pytest
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
 
-from graph.context import Context
-from graph.state import ChatState, Snippet
-from nodes.budget import ContextOverflowError
+from nodes.context import Context
+from nodes.errors import ContextOverflowError
 from nodes.generate_reply import make_generate_reply
+from nodes.state import ChatState, Snippet
 from tests.fakes import ScriptedChatModel
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from graph.profiles import PROFILES, get_profile, resolve_generation
 from graph.settings import Settings
+from nodes.profiles import PROFILES, get_profile, resolve_generation
 
 
 @pytest.mark.parametrize(

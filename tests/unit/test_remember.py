@@ -10,11 +10,12 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from graph.context import Context
-from graph.state import ChatState, Slot
+from nodes.context import Context
+from nodes.errors import ThreadDeletedError
+from nodes.memory import MemoryHit, MemoryRecord
 from nodes.remember import exchange_records, make_remember
+from nodes.state import ChatState, Slot
 from store.embeddings import CharFrequencyEmbedder
-from store.types import MemoryHit, MemoryRecord, ThreadDeletedError
 from store.vector_memory import ChromaMemory
 
 STAMP = "2025-05-04T18:30:00+00:00"
@@ -172,7 +173,7 @@ def test_a_cancelled_turn_writes_nothing(memory: ChromaMemory) -> None:
     # The client went away: the service rolls the turn back, so memory must not keep it.
     import threading
 
-    from nodes.generate_reply import TurnCancelled
+    from nodes.errors import TurnCancelled
 
     cancel = threading.Event()
     cancel.set()

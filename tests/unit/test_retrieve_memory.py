@@ -10,11 +10,11 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from graph.context import Context
-from graph.state import ChatState
+from nodes.context import Context
+from nodes.memory import MemoryHit, MemoryRecord
 from nodes.retrieve_memory import make_retrieve_memory, window_start_turn
+from nodes.state import ChatState
 from store.embeddings import CharFrequencyEmbedder
-from store.types import MemoryHit, MemoryRecord
 from store.vector_memory import ChromaMemory
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from graph.state import LongSummary, SummaryChunk
+from nodes.state import LongSummary, SummaryChunk
 from nodes.summaries import (
     SummaryLimits,
     detect_language,

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage
 
+from nodes.errors import ThreadDeletedError
 from store.checkpointer import open_checkpointer, open_sync_checkpointer
 from store.threads import (
-    ThreadDeletedError,
     ThreadExistsError,
     ThreadRegistry,
     UnknownThreadError,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graph.state import PendingQuestion
+from nodes.state import PendingQuestion
 from nodes.tracking import (
     MAX_ENTITIES,
     MAX_PENDING,

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from nodes.errors import ThreadDeletedError
+from nodes.memory import MemoryRecord, MemoryStore
 from store.embeddings import CharFrequencyEmbedder
 from store.lexical import BM25Scorer, tokenize, tokenize_doc
-from store.types import MemoryRecord, MemoryStore, ThreadDeletedError
 from store.vector_memory import ChromaMemory, stamp_text
 
 

@@ -83,7 +83,3 @@ class MemoryStore(Protocol):
         ...
 
     def count(self, *, thread_id: str | None = None) -> int: ...
-
-
-class ThreadDeletedError(RuntimeError):
-    """A write reached a thread that has been deleted."""

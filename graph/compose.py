@@ -1,0 +1,95 @@
+"""Builds everything from settings: the chat model, memory, the default context, the service.
+
+The composition roots (the API's lifespan, the CLI, the Studio entry) call these; nothing else
+reads settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from langchain_core.language_models import BaseChatModel
+from langgraph.graph.state import CompiledStateGraph
+
+from graph.builder import Deps, compile_graph
+from graph.loading import load_chat_model
+from graph.service import ChatService
+from graph.settings import Settings
+from nodes.context import Context
+from nodes.memory import Embedder, MemoryStore
+from nodes.state import ChatState
+from store.checkpointer import open_checkpointer
+from store.embeddings import load_embedder
+from store.threads import open_thread_registry
+
+__all__ = ["default_context", "memory_from_settings", "open_service", "studio_graph"]
+
+
+def default_context(settings: Settings) -> Context:
+    """The per-run defaults a deployment's settings imply."""
+    return Context(
+        profile=settings.default_profile,
+        context_window=settings.context_window,
+        max_new_tokens=settings.max_new_tokens,
+        window_tokens=settings.window_tokens,
+        top_k=settings.top_k,
+        cross_thread_memory=settings.cross_thread_memory,
+    )
+
+
+def memory_from_settings(settings: Settings, embedder: Embedder) -> MemoryStore:
+    """Chroma at ``settings.chroma_url`` (a server) or in the local folder of the settings."""
+    from store.vector_memory import ChromaMemory  # imports chromadb: only when needed
+
+    if settings.chroma_url:
+        return ChromaMemory.from_url(settings.chroma_url, embedder)
+    return ChromaMemory.persistent(settings.resolved_chroma_path(), embedder)
+
+
+@contextlib.asynccontextmanager
+async def open_service(
+    settings: Settings | None = None,
+    *,
+    chat_model: BaseChatModel | None = None,
+    embedder: Embedder | str | None = None,
+    memory: MemoryStore | None = None,
+) -> AsyncIterator[ChatService]:
+    """Open everything a service needs from settings; parts given as arguments are used as is.
+
+    Args:
+        settings: Deployment settings (built from the environment when None).
+        chat_model: A ready chat model; loaded from ``settings.model`` when None.
+        embedder: An embedder or a name for ``load_embedder``; ``settings.embedder`` when None.
+        memory: A ready vector memory; a Chroma store from settings when None.
+    """
+    settings = settings or Settings()
+    if chat_model is None:
+        chat_model = await asyncio.to_thread(load_chat_model, settings)
+    if memory is None:
+        if embedder is None or isinstance(embedder, str):
+            embedder = await asyncio.to_thread(load_embedder, embedder or settings.embedder)
+        memory = await asyncio.to_thread(memory_from_settings, settings, embedder)
+    url = settings.resolved_checkpointer_url()
+    async with open_checkpointer(url) as saver, open_thread_registry(url) as registry:
+        graph = compile_graph(Deps(chat_model=chat_model, memory=memory), checkpointer=saver)
+        yield ChatService(
+            graph=graph,
+            chat_model=chat_model,
+            checkpointer=saver,
+            registry=registry,
+            memory=memory,
+            defaults=default_context(settings),
+            keep_checkpoints=settings.keep_checkpoints,
+        )
+
+
+def studio_graph(
+    settings: Settings | None = None,
+) -> CompiledStateGraph[ChatState, Context, ChatState, ChatState]:
+    """The graph the way LangGraph Studio serves it: real model and memory, no checkpointer."""
+    settings = settings or Settings()
+    memory = memory_from_settings(settings, load_embedder(settings.embedder))
+    deps = Deps(chat_model=load_chat_model(settings), memory=memory)
+    return compile_graph(deps, checkpointer=None)

@@ -1,0 +1,101 @@
+"""What every part of the service shares: the compiled graph, the stores and the thread locks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph.state import CompiledStateGraph
+
+from graph.errors import ThreadNotFoundError
+from graph.locks import ThreadLocks
+from nodes.context import Context
+from nodes.memory import MemoryStore
+from nodes.state import ChatState
+from store.checkpointer import prune_checkpoints
+from store.threads import ThreadRecord, ThreadRegistry
+
+__all__ = ["ServiceCore", "valid_thread_id"]
+
+log = logging.getLogger("graph.service")
+
+
+def valid_thread_id(thread_id: object) -> bool:
+    """Whether ``thread_id`` can name a thread: 1-128 printable characters, not all blank."""
+    return (
+        isinstance(thread_id, str)
+        and 0 < len(thread_id) <= 128
+        and thread_id.isprintable()
+        and bool(thread_id.strip())
+    )
+
+
+class ServiceCore:
+    """The parts the thread operations and the turn runner share.
+
+    Args:
+        graph: The turn graph compiled with ``checkpointer``.
+        chat_model: The model (stateless completions go straight to it).
+        checkpointer: The saver the graph was compiled with.
+        registry: The thread registry (owners, titles, tombstones).
+        memory: Vector memory, or None.
+        defaults: The context every turn starts from (settings-derived).
+        keep_checkpoints: Checkpoints kept per thread after each turn (0 keeps all).
+    """
+
+    def __init__(
+        self,
+        *,
+        graph: CompiledStateGraph[ChatState, Context, ChatState, ChatState],
+        chat_model: BaseChatModel,
+        checkpointer: BaseCheckpointSaver,
+        registry: ThreadRegistry,
+        memory: MemoryStore | None = None,
+        defaults: Context | None = None,
+        keep_checkpoints: int = 20,
+    ) -> None:
+        self.graph = graph
+        self.chat_model = chat_model
+        self.checkpointer = checkpointer
+        self.registry = registry
+        self.memory = memory
+        self.defaults = defaults or Context()
+        self.keep_checkpoints = keep_checkpoints
+        self._locks = ThreadLocks()
+        self._running: dict[str, threading.Event] = {}
+        """Cancel events of the turns running now, by thread (a deletion stops its turn)."""
+
+    @property
+    def waiting_turns(self) -> int:
+        """Turns waiting for their thread's lock (the queue depth metric)."""
+        return self._locks.waiting
+
+    def context(self, **overrides: Any) -> Context:
+        """The default context with per-run overrides (unknown names raise TypeError)."""
+        return replace(self.defaults, **overrides)
+
+    @staticmethod
+    def _config(thread_id: str) -> RunnableConfig:
+        return {"configurable": {"thread_id": thread_id}}
+
+    async def _record(self, thread_id: str, owner: str | None) -> ThreadRecord:
+        """The thread's registry record; ThreadNotFoundError if unknown, deleted or not owned."""
+        if not valid_thread_id(thread_id):
+            raise ThreadNotFoundError(f"thread {thread_id!r} not found")
+        record = await self.registry.get(thread_id)
+        if record is None or (owner is not None and record.owner != owner):
+            raise ThreadNotFoundError(f"thread {thread_id!r} not found")
+        return record
+
+    async def _prune(self, thread_id: str) -> None:
+        """Keep the thread's last ``keep_checkpoints`` checkpoints (every write adds one)."""
+        if self.keep_checkpoints > 0:
+            try:
+                await prune_checkpoints(self.checkpointer, thread_id, keep=self.keep_checkpoints)
+            except Exception:  # pruning is housekeeping; the write is saved either way
+                log.warning("could not prune checkpoints of %s", thread_id, exc_info=True)
