@@ -16,8 +16,8 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from nodes.errors import ThreadDeletedError
 from store.checkpointer import open_checkpointer, open_sync_checkpointer, prune_checkpoints
-from store.postgres_testing import create_database, pg_available, start_postgres
 from store.threads import open_thread_registry
+from tests.postgres_server import create_database, pg_available, start_postgres
 from tests.unit.test_checkpointer import CONFORMANCE_CAPABILITIES, cfg, echo_graph
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
