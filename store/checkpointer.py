@@ -89,6 +89,22 @@ def _import_postgres() -> Any:
     return psycopg_pool
 
 
+@asynccontextmanager
+async def _postgres_pool(
+    url: str, *, max_connections: int, connect_timeout: float, **kwargs: Any
+) -> AsyncIterator[Any]:
+    """An open psycopg ``AsyncConnectionPool`` whose connections get ``kwargs``; closed at exit."""
+    psycopg_pool = _import_postgres()
+    pool = psycopg_pool.AsyncConnectionPool(
+        url, min_size=1, max_size=max_connections, kwargs=kwargs, open=False
+    )
+    await pool.open(wait=True, timeout=connect_timeout)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 def _postgres_connection_kwargs() -> dict[str, Any]:
     from psycopg.rows import dict_row
 
@@ -130,23 +146,17 @@ async def open_checkpointer(
             await saver.setup()  # runs PRAGMA journal_mode=WAL and CREATE TABLE IF NOT EXISTS
             yield saver
         return
-    psycopg_pool = _import_postgres()
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
-    pool = psycopg_pool.AsyncConnectionPool(
+    async with _postgres_pool(
         target.location,
-        min_size=1,
-        max_size=max_connections,
-        kwargs=_postgres_connection_kwargs(),
-        open=False,
-    )
-    await pool.open(wait=True, timeout=connect_timeout)
-    try:
+        max_connections=max_connections,
+        connect_timeout=connect_timeout,
+        **_postgres_connection_kwargs(),
+    ) as pool:
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
         pg_saver = AsyncPostgresSaver(conn=pool)
         await pg_saver.setup()
         yield pg_saver
-    finally:
-        await pool.close()
 
 
 @contextmanager

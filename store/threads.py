@@ -15,7 +15,7 @@ from typing import Any
 import aiosqlite
 
 from nodes.errors import ThreadDeletedError
-from store.checkpointer import _import_postgres, _prepare_sqlite_path, parse_store_url
+from store.checkpointer import _postgres_pool, _prepare_sqlite_path, parse_store_url
 
 __all__ = [
     "InMemoryThreadRegistry",
@@ -341,6 +341,13 @@ _COLUMNS = "thread_id, owner, title, metadata, created_at, updated_at, turns, de
 _ORDER = "ORDER BY updated_at DESC, created_at DESC, thread_id"
 
 
+def _live_rows(owner: str | None, mark: str) -> tuple[str, tuple[str, ...]]:
+    """The condition of live rows (of one owner when given) and its parameters."""
+    if owner is None:
+        return "deleted_at IS NULL", ()
+    return f"deleted_at IS NULL AND owner = {mark}", (owner,)
+
+
 class SqliteThreadRegistry(ThreadRegistry):
     """A registry table in a SQLite file (the checkpoints' file or one beside it).
 
@@ -458,10 +465,7 @@ class SqliteThreadRegistry(ThreadRegistry):
     async def _page(
         self, owner: str | None, limit: int, offset: int
     ) -> tuple[builtins.list[ThreadRecord], int]:
-        params: tuple[str, ...]
-        where, params = "deleted_at IS NULL", ()
-        if owner is not None:
-            where, params = "deleted_at IS NULL AND owner = ?", (owner,)
+        where, params = _live_rows(owner, "?")
         async with self._lock:
             async with self.conn.execute(
                 f"SELECT {_COLUMNS} FROM {TABLE} WHERE {where} {_ORDER} LIMIT ? OFFSET ?",
@@ -588,10 +592,7 @@ class PostgresThreadRegistry(ThreadRegistry):
     ) -> tuple[builtins.list[ThreadRecord], int]:
         from psycopg.rows import dict_row
 
-        params: tuple[str, ...]
-        where, params = "deleted_at IS NULL", ()
-        if owner is not None:
-            where, params = "deleted_at IS NULL AND owner = %s", (owner,)
+        where, params = _live_rows(owner, "%s")
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 f"SELECT {_COLUMNS}, COUNT(*) OVER () AS total FROM {TABLE} "
@@ -644,18 +645,9 @@ async def open_thread_registry(
             await registry.setup()
             yield registry
         return
-    psycopg_pool = _import_postgres()
-    pool = psycopg_pool.AsyncConnectionPool(
-        target.location,
-        min_size=1,
-        max_size=max_connections,
-        kwargs={"autocommit": True},
-        open=False,
-    )
-    await pool.open(wait=True, timeout=10.0)
-    try:
+    async with _postgres_pool(
+        target.location, max_connections=max_connections, connect_timeout=10.0, autocommit=True
+    ) as pool:
         registry = PostgresThreadRegistry(pool, clock=clock)
         await registry.setup()
         yield registry
-    finally:
-        await pool.close()
