@@ -99,8 +99,7 @@ class ThreadOperations(ServiceCore):
         async with self._locks.hold(thread_id):
             await self.checkpointer.adelete_thread(thread_id)
             if self.memory is not None:
-                await asyncio.to_thread(self.memory.delete_thread, thread_id)
-                await asyncio.to_thread(self.memory.forget_thread_tombstone, thread_id)
+                await asyncio.to_thread(self.memory.clear_thread, thread_id)
             await self.registry.touch(thread_id, turns=0)
         return await self._record(thread_id, owner)
 

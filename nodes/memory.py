@@ -78,8 +78,8 @@ class MemoryStore(Protocol):
         """Delete the records with these ids (absent ids are ignored); returns the count."""
         ...
 
-    def forget_thread_tombstone(self, thread_id: str) -> bool:
-        """Accept writes to a deleted thread again (a reset keeps the thread)."""
+    def clear_thread(self, thread_id: str) -> int:
+        """Delete every record of the thread but keep it writable (a reset); returns the count."""
         ...
 
     def count(self, *, thread_id: str | None = None) -> int: ...

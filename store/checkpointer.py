@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +22,12 @@ __all__ = [
     "open_sync_checkpointer",
     "parse_store_url",
     "prune_checkpoints",
-    "prune_checkpoints_sync",
 ]
 
 ACCEPTED_URLS = (
     '"memory", "sqlite:///PATH" (or a bare file path) or "postgresql://USER@HOST:PORT/DB"'
 )
 _POSTGRES_HINT = "PostgreSQL support needs the postgres extra: pip install 'steadychat[postgres]'"
-# Metadata keys a DeltaChannel leaves on checkpoints (see BaseCheckpointSaver.prune).
-_DELTA_METADATA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
-# Stays well under SQLite's bound-parameter limit.
-_SQLITE_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -96,6 +89,22 @@ def _import_postgres() -> Any:
     return psycopg_pool
 
 
+@asynccontextmanager
+async def _postgres_pool(
+    url: str, *, max_connections: int, connect_timeout: float, **kwargs: Any
+) -> AsyncIterator[Any]:
+    """An open psycopg ``AsyncConnectionPool`` whose connections get ``kwargs``; closed at exit."""
+    psycopg_pool = _import_postgres()
+    pool = psycopg_pool.AsyncConnectionPool(
+        url, min_size=1, max_size=max_connections, kwargs=kwargs, open=False
+    )
+    await pool.open(wait=True, timeout=connect_timeout)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 def _postgres_connection_kwargs() -> dict[str, Any]:
     from psycopg.rows import dict_row
 
@@ -137,23 +146,17 @@ async def open_checkpointer(
             await saver.setup()  # runs PRAGMA journal_mode=WAL and CREATE TABLE IF NOT EXISTS
             yield saver
         return
-    psycopg_pool = _import_postgres()
-    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-
-    pool = psycopg_pool.AsyncConnectionPool(
+    async with _postgres_pool(
         target.location,
-        min_size=1,
-        max_size=max_connections,
-        kwargs=_postgres_connection_kwargs(),
-        open=False,
-    )
-    await pool.open(wait=True, timeout=connect_timeout)
-    try:
+        max_connections=max_connections,
+        connect_timeout=connect_timeout,
+        **_postgres_connection_kwargs(),
+    ) as pool:
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
         pg_saver = AsyncPostgresSaver(conn=pool)
         await pg_saver.setup()
         yield pg_saver
-    finally:
-        await pool.close()
 
 
 @contextmanager
@@ -211,367 +214,86 @@ def open_sync_checkpointer(
 
 # --- pruning -------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class _Row:
-    ns: str
-    checkpoint_id: str
-    parent_id: str | None
-    root_id: str | None
-    """The root graph's checkpoint a subgraph call started from (metadata ``parents[""]``)."""
-    uses_delta: bool
+# The thread's checkpoints older than the newest {keep} of their namespace. Checkpoint ids are
+# time-ordered (uuid6), so the lexically greatest is the newest.
+_OLD = (
+    "SELECT checkpoint_ns, checkpoint_id FROM (SELECT checkpoint_ns, checkpoint_id, "
+    "row_number() OVER (PARTITION BY checkpoint_ns ORDER BY checkpoint_id DESC) AS age "
+    "FROM checkpoints WHERE thread_id = {thread}) AS ranked WHERE age > {keep}"
+)
 
 
-@dataclass
-class _Plan:
-    kept: dict[str, list[str]]
-    deleted: dict[str, list[str]]
-    reparent: dict[str, list[str]]
-    """Kept checkpoints whose parent is deleted: their parent pointer is cleared."""
-
-    @property
-    def deleted_count(self) -> int:
-        return sum(len(ids) for ids in self.deleted.values())
-
-
-def _metadata_facts(metadata: dict[str, Any] | None) -> tuple[str | None, bool]:
-    metadata = metadata or {}
-    parents = metadata.get("parents") or {}
-    root = parents.get("") if isinstance(parents, dict) else None
-    return root, any(key in metadata for key in _DELTA_METADATA_KEYS)
+def _prune_statements(writes: str, thread: str, keep: str) -> list[str]:
+    """The old checkpoints' writes, then their children's parent pointer, then themselves."""
+    old = _OLD.format(thread=thread, keep=keep)
+    rows = f"thread_id = {thread} AND (checkpoint_ns, checkpoint_id)"
+    return [
+        f"DELETE FROM {writes} WHERE {rows} IN ({old})",
+        f"UPDATE checkpoints SET parent_checkpoint_id = NULL WHERE {rows} NOT IN ({old}) "
+        f"AND (checkpoint_ns, parent_checkpoint_id) IN ({old})",
+        f"DELETE FROM checkpoints WHERE {rows} IN ({old})",
+    ]
 
 
-def _plan(thread_id: str, rows: Sequence[_Row], keep: int) -> _Plan:
-    """Decide what to keep: the newest ``keep`` checkpoints of each namespace.
-
-    A subgraph call's namespace (``node:task_id``) goes entirely once the root checkpoint it
-    started from is pruned, as LangGraph's own ``prune`` does, so finished calls do not pile up.
-    """
-    if delta := sorted({r.ns or "(root)" for r in rows if r.uses_delta}):
-        raise NotImplementedError(
-            f"cannot prune thread {thread_id!r}: it uses a DeltaChannel (namespaces "
-            f"{', '.join(delta)}), whose state needs the checkpoints before the last snapshot"
-        )
-    by_ns: dict[str, list[_Row]] = {}
-    for row in rows:
-        by_ns.setdefault(row.ns, []).append(row)
-    kept: dict[str, list[str]] = {}
-    deleted: dict[str, list[str]] = {}
-    for ns, ns_rows in by_ns.items():
-        # Checkpoint ids are time-ordered (uuid6), so the lexical maximum is the newest.
-        ns_rows.sort(key=lambda r: r.checkpoint_id, reverse=True)
-        kept[ns] = [r.checkpoint_id for r in ns_rows[:keep]]
-        deleted[ns] = [r.checkpoint_id for r in ns_rows[keep:]]
-    deleted_roots = set(deleted.get("", ()))
-    for ns, ns_rows in by_ns.items():
-        if ":" in ns and ns_rows[0].root_id in deleted_roots:
-            deleted[ns] = [r.checkpoint_id for r in ns_rows]
-            kept[ns] = []
-    reparent: dict[str, list[str]] = {}
-    for ns, ns_rows in by_ns.items():
-        kept_ids = set(kept[ns])
-        orphans = [
-            r.checkpoint_id
-            for r in ns_rows
-            if r.checkpoint_id in kept_ids
-            and r.parent_id is not None
-            and r.parent_id not in kept_ids
-        ]
-        if orphans:
-            reparent[ns] = orphans
-    return _Plan(
-        kept=kept, deleted={ns: ids for ns, ids in deleted.items() if ids}, reparent=reparent
-    )
-
-
-def _check_keep(thread_id: str, keep: int) -> None:
-    if not isinstance(thread_id, str) or not thread_id:
-        raise ValueError("thread_id must be a non-empty string")
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ValueError(f"keep must be an integer >= 1, got {keep!r}")
+_SQLITE_PRUNE = _prune_statements("writes", ":thread", ":keep")
+# PostgreSQL keeps channel values apart, one blob per version, shared by every checkpoint
+# that saw that version: a blob goes when old checkpoints use it and no kept one does.
+_PG_OLD = _OLD.format(thread="%(thread)s", keep="%(keep)s")
+_PG_VERSIONS = (
+    "SELECT c.checkpoint_ns, v.key, v.value FROM checkpoints AS c, "
+    "jsonb_each_text(c.checkpoint -> 'channel_versions') AS v "
+    "WHERE c.thread_id = %(thread)s AND (c.checkpoint_ns, c.checkpoint_id) {op} ({old})"
+)
+_POSTGRES_PRUNE = [
+    "DELETE FROM checkpoint_blobs WHERE thread_id = %(thread)s "
+    "AND (checkpoint_ns, channel, version) IN ("
+    f"{_PG_VERSIONS.format(op='IN', old=_PG_OLD)} EXCEPT "
+    f"{_PG_VERSIONS.format(op='NOT IN', old=_PG_OLD)})",
+    *_prune_statements("checkpoint_writes", "%(thread)s", "%(keep)s"),
+]
 
 
 def _prune_memory(saver: InMemorySaver, thread_id: str, keep: int) -> int:
-    namespaces = saver.storage.get(thread_id)
-    if not namespaces:
-        return 0
-    rows = []
-    for ns, checkpoints in namespaces.items():
-        for checkpoint_id, (_, metadata, parent_id) in checkpoints.items():
-            root, uses_delta = _metadata_facts(saver.serde.loads_typed(metadata))
-            rows.append(_Row(ns, checkpoint_id, parent_id, root, uses_delta))
-    plan = _plan(thread_id, rows, keep)
-    for ns, ids in plan.deleted.items():
-        checkpoints = namespaces[ns]
+    deleted = 0
+    for ns, checkpoints in saver.storage.get(thread_id, {}).items():
+        old = set(sorted(checkpoints, reverse=True)[keep:])
+        if not old:
+            continue
         freed: set[tuple[str, Any]] = set()
-        for checkpoint_id in ids:
+        for checkpoint_id in old:
             checkpoint, _, _ = checkpoints.pop(checkpoint_id)
             freed.update(saver.serde.loads_typed(checkpoint)["channel_versions"].items())
             saver.writes.pop((thread_id, ns, checkpoint_id), None)
-        referenced: set[tuple[str, Any]] = set()
-        for checkpoint, _, _ in checkpoints.values():
-            referenced.update(saver.serde.loads_typed(checkpoint)["channel_versions"].items())
-        for channel, version in freed - referenced:
+        for checkpoint_id, (checkpoint, metadata, parent_id) in checkpoints.items():
+            freed.difference_update(saver.serde.loads_typed(checkpoint)["channel_versions"].items())
+            if parent_id in old:
+                checkpoints[checkpoint_id] = (checkpoint, metadata, None)
+        for channel, version in freed:
             saver.blobs.pop((thread_id, ns, channel, version), None)
-        if not checkpoints:
-            del namespaces[ns]
-    for ns, ids in plan.reparent.items():
-        for checkpoint_id in ids:
-            checkpoint, metadata, _ = namespaces[ns][checkpoint_id]
-            namespaces[ns][checkpoint_id] = (checkpoint, metadata, None)
-    return plan.deleted_count
+        deleted += len(old)
+    return deleted
 
 
-# A prune is written once as a generator of (sql, params, fetch?) steps that receives each
-# step's rows, so that the sync and async drivers below run the very same statements.
-_Steps = Generator[tuple[str, Sequence[Any], bool], list[Any], int]
-
-
-def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
-    for start in range(0, len(ids), _SQLITE_CHUNK):
-        yield list(ids[start : start + _SQLITE_CHUNK])
-
-
-def _sqlite_steps(thread_id: str, keep: int) -> _Steps:
-    rows = yield (
-        "SELECT checkpoint_ns, checkpoint_id, parent_checkpoint_id, metadata "
-        "FROM checkpoints WHERE thread_id = ?",
-        (thread_id,),
-        True,
-    )
-    parsed = []
-    for ns, checkpoint_id, parent_id, metadata in rows:
-        root, uses_delta = _metadata_facts(json.loads(metadata) if metadata else None)
-        parsed.append(_Row(ns, checkpoint_id, parent_id, root, uses_delta))
-    plan = _plan(thread_id, parsed, keep)
-    for ns, ids in plan.deleted.items():
-        for chunk in _chunks(ids):
-            marks = ",".join("?" * len(chunk))
-            params = (thread_id, ns, *chunk)
-            yield (
-                "DELETE FROM writes WHERE thread_id = ? AND checkpoint_ns = ? "
-                f"AND checkpoint_id IN ({marks})",
-                params,
-                False,
-            )
-            yield (
-                "DELETE FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? "
-                f"AND checkpoint_id IN ({marks})",
-                params,
-                False,
-            )
-    for ns, ids in plan.reparent.items():
-        for chunk in _chunks(ids):
-            marks = ",".join("?" * len(chunk))
-            yield (
-                "UPDATE checkpoints SET parent_checkpoint_id = NULL WHERE thread_id = ? "
-                f"AND checkpoint_ns = ? AND checkpoint_id IN ({marks})",
-                (thread_id, ns, *chunk),
-                False,
-            )
-    return plan.deleted_count
-
-
-def _postgres_steps(thread_id: str, keep: int) -> _Steps:
-    # One snapshot for every statement: what a run saves meanwhile is neither seen nor deleted.
-    yield "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", (), False
-    rows = yield (
-        "SELECT checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
-        "metadata -> 'parents' ->> '' AS root_id, "
-        "(metadata ?| %s) AS uses_delta "
-        "FROM checkpoints WHERE thread_id = %s",
-        (list(_DELTA_METADATA_KEYS), thread_id),
-        True,
-    )
-    parsed = [
-        _Row(
-            r["checkpoint_ns"],
-            r["checkpoint_id"],
-            r["parent_checkpoint_id"],
-            r["root_id"],
-            bool(r["uses_delta"]),
-        )
-        for r in rows
-    ]
-    plan = _plan(thread_id, parsed, keep)
-    for ns, ids in plan.deleted.items():
-        kept = plan.kept.get(ns, [])
-        yield (
-            "DELETE FROM checkpoint_writes "
-            "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = ANY(%s)",
-            (thread_id, ns, ids),
-            False,
-        )
-        freed = yield (
-            "WITH gone AS (DELETE FROM checkpoints "
-            "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = ANY(%s) "
-            "RETURNING checkpoint -> 'channel_versions' AS versions) "
-            "SELECT DISTINCT v.key AS channel, v.value AS version "
-            "FROM gone CROSS JOIN LATERAL jsonb_each_text(gone.versions) AS v",
-            (thread_id, ns, ids),
-            True,
-        )
-        referenced = yield (
-            "SELECT DISTINCT v.key AS channel, v.value AS version FROM checkpoints c "
-            "CROSS JOIN LATERAL jsonb_each_text(c.checkpoint -> 'channel_versions') AS v "
-            "WHERE c.thread_id = %s AND c.checkpoint_ns = %s AND c.checkpoint_id = ANY(%s)",
-            (thread_id, ns, kept),
-            True,
-        )
-        still_used = {(r["channel"], r["version"]) for r in referenced}
-        garbage: dict[str, list[str]] = {}
-        for r in freed:
-            if (r["channel"], r["version"]) not in still_used:
-                garbage.setdefault(r["channel"], []).append(r["version"])
-        for channel, versions in garbage.items():
-            yield (
-                "DELETE FROM checkpoint_blobs WHERE thread_id = %s AND checkpoint_ns = %s "
-                "AND channel = %s AND version = ANY(%s)",
-                (thread_id, ns, channel, versions),
-                False,
-            )
-    for ns, ids in plan.reparent.items():
-        yield (
-            "UPDATE checkpoints SET parent_checkpoint_id = NULL "
-            "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = ANY(%s)",
-            (thread_id, ns, ids),
-            False,
-        )
-    return plan.deleted_count
-
-
-def _drive(steps: _Steps, execute: Callable[[str, Sequence[Any], bool], list[Any]]) -> int:
+def _is_async_postgres(saver: object) -> bool:
     try:
-        sql, params, fetch = next(steps)
-        while True:
-            sql, params, fetch = steps.send(execute(sql, params, fetch))
-    except StopIteration as stop:
-        return int(stop.value)
-
-
-async def _adrive(
-    steps: _Steps, execute: Callable[[str, Sequence[Any], bool], Awaitable[list[Any]]]
-) -> int:
-    try:
-        sql, params, fetch = next(steps)
-        while True:
-            sql, params, fetch = steps.send(await execute(sql, params, fetch))
-    except StopIteration as stop:
-        return int(stop.value)
-
-
-def _postgres_classes() -> tuple[type, type]:
-    """(PostgresSaver, AsyncPostgresSaver), or two never-matching classes without the extra."""
-    try:
-        from langgraph.checkpoint.postgres import PostgresSaver
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
     except ImportError:
-
-        class _Missing:
-            pass
-
-        return _Missing, _Missing
-    return PostgresSaver, AsyncPostgresSaver
-
-
-def _unsupported(saver: object) -> TypeError:
-    return TypeError(
-        f"cannot prune checkpoints of {type(saver).__name__}; supported: InMemorySaver, "
-        "SqliteSaver, AsyncSqliteSaver, PostgresSaver, AsyncPostgresSaver"
-    )
-
-
-def prune_checkpoints_sync(saver: BaseCheckpointSaver[Any], thread_id: str, keep: int) -> int:
-    """Keep only the newest ``keep`` checkpoints of a thread (sync twin of ``prune_checkpoints``).
-
-    Works on ``InMemorySaver``, ``SqliteSaver`` and ``PostgresSaver``.
-
-    Args:
-        saver: The checkpointer.
-        thread_id: The thread to prune; other threads are not touched.
-        keep: How many of the newest checkpoints of each namespace to keep (>= 1).
-
-    Returns:
-        The number of checkpoints deleted.
-
-    Raises:
-        ValueError: ``keep`` < 1 or an empty ``thread_id``.
-        TypeError: An async-only saver (use ``prune_checkpoints``) or an unsupported one.
-        NotImplementedError: The thread uses a ``DeltaChannel``.
-    """
-    _check_keep(thread_id, keep)
-    postgres_saver, async_postgres_saver = _postgres_classes()
-    if isinstance(saver, InMemorySaver):
-        return _prune_memory(saver, thread_id, keep)
-    if isinstance(saver, AsyncSqliteSaver | async_postgres_saver):
-        raise TypeError(
-            f"{type(saver).__name__} is async: use `await prune_checkpoints(saver, ...)`"
-        )
-    if isinstance(saver, SqliteSaver):
-        with saver.cursor(transaction=True) as cur:
-            if not saver.conn.in_transaction:
-                cur.execute("BEGIN IMMEDIATE")
-
-            def run_sqlite(sql: str, params: Sequence[Any], fetch: bool) -> list[Any]:
-                cur.execute(sql, params)
-                return cur.fetchall() if fetch else []
-
-            try:
-                return _drive(_sqlite_steps(thread_id, keep), run_sqlite)
-            except BaseException:
-                saver.conn.rollback()
-                raise
-    if isinstance(saver, postgres_saver):
-        from psycopg.rows import dict_row
-
-        pg: Any = saver  # a PostgresSaver (its class is imported lazily, so mypy cannot narrow)
-        with pg.lock, _sync_pg_connection(pg.conn) as conn:
-            if pg.pipe is not None:
-                pg.pipe.sync()
-            with conn.transaction(), conn.cursor(row_factory=dict_row) as pg_cur:
-
-                def run_pg(sql: str, params: Sequence[Any], fetch: bool) -> list[Any]:
-                    pg_cur.execute(sql, params, prepare=False)
-                    return pg_cur.fetchall() if fetch else []
-
-                return _drive(_postgres_steps(thread_id, keep), run_pg)
-    raise _unsupported(saver)
-
-
-@contextmanager
-def _sync_pg_connection(conn: Any) -> Iterator[Any]:
-    from psycopg_pool import ConnectionPool
-
-    if isinstance(conn, ConnectionPool):
-        with conn.connection() as borrowed:
-            yield borrowed
-    else:
-        yield conn
-
-
-@asynccontextmanager
-async def _async_pg_connection(conn: Any) -> AsyncIterator[Any]:
-    from psycopg_pool import AsyncConnectionPool
-
-    if isinstance(conn, AsyncConnectionPool):
-        async with conn.connection() as borrowed:
-            yield borrowed
-    else:
-        yield conn
+        return False
+    return isinstance(saver, AsyncPostgresSaver)
 
 
 async def prune_checkpoints(saver: BaseCheckpointSaver[Any], thread_id: str, keep: int) -> int:
     """Keep only the newest ``keep`` checkpoints of a thread, so storage stays bounded.
 
-    Deletes the older checkpoints of each namespace with their pending writes (and, for
-    PostgreSQL, the channel blobs no kept checkpoint references); the oldest kept checkpoint
-    loses its parent pointer. The newest checkpoint, and so the thread's current state, is
-    untouched. Works on every saver ``open_checkpointer`` and ``open_sync_checkpointer``
-    return; sync savers are pruned in a worker thread.
+    Deletes the older checkpoints of each namespace with their pending writes (and, on
+    PostgreSQL, the channel blobs only they used), in one transaction; a kept checkpoint whose
+    parent is deleted loses its parent pointer. The newest checkpoint, and so the thread's
+    current state, is untouched, and so are other threads.
 
     Args:
-        saver: The checkpointer.
-        thread_id: The thread to prune; other threads are not touched.
+        saver: A checkpointer ``open_checkpointer`` returns (``InMemorySaver``,
+            ``AsyncSqliteSaver`` or ``AsyncPostgresSaver``).
+        thread_id: The thread to prune.
         keep: How many of the newest checkpoints of each namespace to keep (>= 1).
 
     Returns:
@@ -579,45 +301,35 @@ async def prune_checkpoints(saver: BaseCheckpointSaver[Any], thread_id: str, kee
 
     Raises:
         ValueError: ``keep`` < 1 or an empty ``thread_id``.
-        TypeError: An unsupported saver.
-        NotImplementedError: The thread uses a ``DeltaChannel``.
+        TypeError: Another kind of saver.
     """
-    _check_keep(thread_id, keep)
-    postgres_saver, async_postgres_saver = _postgres_classes()
+    if not isinstance(thread_id, str) or not thread_id:
+        raise ValueError("thread_id must be a non-empty string")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be an integer >= 1, got {keep!r}")
+    params = {"thread": thread_id, "keep": keep}
     if isinstance(saver, InMemorySaver):
         return _prune_memory(saver, thread_id, keep)
-    if isinstance(saver, SqliteSaver | postgres_saver):
-        return await asyncio.to_thread(prune_checkpoints_sync, saver, thread_id, keep)
     if isinstance(saver, AsyncSqliteSaver):
-        await saver.setup()
-        async with saver.lock:
-            conn = saver.conn
-            if not conn.in_transaction:
-                await conn.execute("BEGIN IMMEDIATE")
-
-            async def run_sqlite(sql: str, params: Sequence[Any], fetch: bool) -> list[Any]:
-                async with conn.execute(sql, params) as cur:
-                    return list(await cur.fetchall()) if fetch else []
-
+        async with saver.lock, saver.conn.cursor() as cur:
             try:
-                deleted = await _adrive(_sqlite_steps(thread_id, keep), run_sqlite)
+                for sql in _SQLITE_PRUNE:
+                    await cur.execute(sql, params)
+                await saver.conn.commit()
             except BaseException:
-                await conn.rollback()
+                await saver.conn.rollback()
                 raise
-            await conn.commit()
-            return deleted
-    if isinstance(saver, async_postgres_saver):
-        from psycopg.rows import dict_row
-
-        pg: Any = saver  # an AsyncPostgresSaver, imported lazily
-        async with pg.lock, _async_pg_connection(pg.conn) as pg_conn:
-            if pg.pipe is not None:
-                await pg.pipe.sync()
-            async with pg_conn.transaction(), pg_conn.cursor(row_factory=dict_row) as pg_cur:
-
-                async def run_pg(sql: str, params: Sequence[Any], fetch: bool) -> list[Any]:
-                    await pg_cur.execute(sql, params, prepare=False)
-                    return await pg_cur.fetchall() if fetch else []
-
-                return await _adrive(_postgres_steps(thread_id, keep), run_pg)
-    raise _unsupported(saver)
+            return cur.rowcount
+    if _is_async_postgres(saver):
+        pg: Any = saver  # imported lazily, so mypy cannot narrow it
+        # The saver's own cursor: its lock, and a connection from its pool.
+        async with pg._cursor() as pg_cur, pg_cur.connection.transaction():
+            # One snapshot for every statement: what a run saves meanwhile is left alone.
+            await pg_cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            for sql in _POSTGRES_PRUNE:
+                await pg_cur.execute(sql, params)
+            return int(pg_cur.rowcount)
+    raise TypeError(
+        f"cannot prune checkpoints of {type(saver).__name__}; supported: InMemorySaver, "
+        "AsyncSqliteSaver, AsyncPostgresSaver"
+    )

@@ -13,21 +13,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiosqlite
-from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from nodes.errors import ThreadDeletedError
-from store.checkpointer import _import_postgres, _prepare_sqlite_path, parse_store_url
+from store.checkpointer import _postgres_pool, _prepare_sqlite_path, parse_store_url
 
 __all__ = [
     "InMemoryThreadRegistry",
     "PostgresThreadRegistry",
     "SqliteThreadRegistry",
-    "ThreadDeletedError",
     "ThreadExistsError",
     "ThreadRecord",
     "ThreadRegistry",
     "UnknownThreadError",
-    "delete_thread_data",
     "open_thread_registry",
 ]
 
@@ -200,19 +197,18 @@ class ThreadRegistry(ABC):
             )
         raise ThreadExistsError(f"thread {thread_id!r} already exists")
 
-    async def get(self, thread_id: str, *, include_deleted: bool = False) -> ThreadRecord | None:
+    async def get(self, thread_id: str) -> ThreadRecord | None:
         """The thread's record.
 
         Args:
             thread_id: Its id.
-            include_deleted: Also return a tombstoned record.
 
         Returns:
-            The record, or None when absent (or deleted, unless ``include_deleted``).
+            The record, or None when absent or deleted.
         """
         _check_id(thread_id)
         record = await self._get(thread_id)
-        if record is None or (record.is_deleted and not include_deleted):
+        if record is None or record.is_deleted:
             return None
         return record
 
@@ -237,20 +233,6 @@ class ThreadRegistry(ABC):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         return await self._page(owner, limit, offset)
 
-    async def _change(
-        self, thread_id: str, change: Callable[[ThreadRecord, datetime], ThreadRecord]
-    ) -> ThreadRecord:
-        _check_id(thread_id)
-        async with self._transaction() as tx:
-            record = await self._read(tx, thread_id)
-            if record is None:
-                raise UnknownThreadError(f"thread {thread_id!r} not found")
-            if record.is_deleted:
-                raise ThreadDeletedError(f"thread {thread_id!r} has been deleted")
-            updated = change(record, self._now())
-            await self._update(tx, updated)
-            return updated
-
     async def touch(self, thread_id: str, turns: int | None = None) -> ThreadRecord:
         """Record activity: ``updated_at`` becomes now, and ``turns`` when given.
 
@@ -259,51 +241,20 @@ class ThreadRegistry(ABC):
             ThreadDeletedError: The thread was deleted (a late write).
             ValueError: A negative ``turns``.
         """
+        _check_id(thread_id)
         if turns is not None:
             _check_turns(turns)
-        return await self._change(
-            thread_id,
-            lambda r, now: replace(r, updated_at=now, turns=r.turns if turns is None else turns),
-        )
-
-    async def rename(self, thread_id: str, title: str | None) -> ThreadRecord:
-        """Set (or clear, with None) the title.
-
-        Raises:
-            UnknownThreadError: No such thread.
-            ThreadDeletedError: The thread was deleted.
-            ValueError: A non-string title.
-        """
-        _check_title(title)
-        return await self._change(thread_id, lambda r, now: replace(r, title=title, updated_at=now))
-
-    async def update_metadata(
-        self, thread_id: str, metadata: Mapping[str, Any], *, replace_all: bool = False
-    ) -> ThreadRecord:
-        """Merge keys into the metadata (a None value removes the key), or replace it.
-
-        Args:
-            thread_id: The thread.
-            metadata: Keys to set; with ``replace_all`` the whole new metadata.
-            replace_all: Replace instead of merging.
-
-        Raises:
-            UnknownThreadError: No such thread.
-            ThreadDeletedError: The thread was deleted.
-            ValueError: Metadata that is not JSON-serialisable.
-        """
-        patch = _normalise_metadata(metadata)
-
-        def merge(record: ThreadRecord, now: datetime) -> ThreadRecord:
-            merged = {} if replace_all else dict(record.metadata)
-            for key, value in patch.items():
-                if value is None and not replace_all:
-                    merged.pop(key, None)
-                else:
-                    merged[key] = value
-            return replace(record, metadata=merged, updated_at=now)
-
-        return await self._change(thread_id, merge)
+        async with self._transaction() as tx:
+            record = await self._read(tx, thread_id)
+            if record is None:
+                raise UnknownThreadError(f"thread {thread_id!r} not found")
+            if record.is_deleted:
+                raise ThreadDeletedError(f"thread {thread_id!r} has been deleted")
+            updated = replace(
+                record, updated_at=self._now(), turns=record.turns if turns is None else turns
+            )
+            await self._update(tx, updated)
+            return updated
 
     async def mark_deleted(self, thread_id: str) -> bool:
         """Tombstone the thread: hidden from now on, late writes refused, id never reused.
@@ -388,6 +339,13 @@ class InMemoryThreadRegistry(ThreadRegistry):
 
 _COLUMNS = "thread_id, owner, title, metadata, created_at, updated_at, turns, deleted_at"
 _ORDER = "ORDER BY updated_at DESC, created_at DESC, thread_id"
+
+
+def _live_rows(owner: str | None, mark: str) -> tuple[str, tuple[str, ...]]:
+    """The condition of live rows (of one owner when given) and its parameters."""
+    if owner is None:
+        return "deleted_at IS NULL", ()
+    return f"deleted_at IS NULL AND owner = {mark}", (owner,)
 
 
 class SqliteThreadRegistry(ThreadRegistry):
@@ -507,10 +465,7 @@ class SqliteThreadRegistry(ThreadRegistry):
     async def _page(
         self, owner: str | None, limit: int, offset: int
     ) -> tuple[builtins.list[ThreadRecord], int]:
-        params: tuple[str, ...]
-        where, params = "deleted_at IS NULL", ()
-        if owner is not None:
-            where, params = "deleted_at IS NULL AND owner = ?", (owner,)
+        where, params = _live_rows(owner, "?")
         async with self._lock:
             async with self.conn.execute(
                 f"SELECT {_COLUMNS} FROM {TABLE} WHERE {where} {_ORDER} LIMIT ? OFFSET ?",
@@ -637,10 +592,7 @@ class PostgresThreadRegistry(ThreadRegistry):
     ) -> tuple[builtins.list[ThreadRecord], int]:
         from psycopg.rows import dict_row
 
-        params: tuple[str, ...]
-        where, params = "deleted_at IS NULL", ()
-        if owner is not None:
-            where, params = "deleted_at IS NULL AND owner = %s", (owner,)
+        where, params = _live_rows(owner, "%s")
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 f"SELECT {_COLUMNS}, COUNT(*) OVER () AS total FROM {TABLE} "
@@ -693,35 +645,9 @@ async def open_thread_registry(
             await registry.setup()
             yield registry
         return
-    psycopg_pool = _import_postgres()
-    pool = psycopg_pool.AsyncConnectionPool(
-        target.location,
-        min_size=1,
-        max_size=max_connections,
-        kwargs={"autocommit": True},
-        open=False,
-    )
-    await pool.open(wait=True, timeout=10.0)
-    try:
+    async with _postgres_pool(
+        target.location, max_connections=max_connections, connect_timeout=10.0, autocommit=True
+    ) as pool:
         registry = PostgresThreadRegistry(pool, clock=clock)
         await registry.setup()
         yield registry
-    finally:
-        await pool.close()
-
-
-async def delete_thread_data(saver: BaseCheckpointSaver[Any], thread_id: str) -> None:
-    """Delete every checkpoint and pending write of a thread (other threads are untouched).
-
-    Uses the saver's ``adelete_thread``; sync-only savers (``SqliteSaver``, ``PostgresSaver``)
-    run their ``delete_thread`` in a worker thread instead.
-
-    Args:
-        saver: The checkpointer.
-        thread_id: The thread to wipe.
-    """
-    _check_id(thread_id)
-    try:
-        await saver.adelete_thread(thread_id)
-    except NotImplementedError:
-        await asyncio.to_thread(saver.delete_thread, thread_id)

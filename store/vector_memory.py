@@ -98,7 +98,8 @@ class ChromaMemory:
 
     Deleting a thread writes a tombstone (a second collection, so it persists with the data
     and is seen by every process of a shared server); later writes to the thread raise
-    :class:`~nodes.memory.ThreadDeletedError` until :meth:`forget_thread_tombstone`.
+    :class:`~nodes.errors.ThreadDeletedError`. :meth:`clear_thread` deletes the records but
+    keeps the thread writable.
     """
 
     def __init__(
@@ -136,7 +137,6 @@ class ChromaMemory:
             raise ValueError(f"ranking must be 'score' or 'rrf', got {ranking!r}")
         if candidates < 1:
             raise ValueError(f"candidates must be positive, got {candidates}")
-        self._client = client
         self._embedder = embedder
         self._dense_weight = dense_weight
         self._ranking = ranking
@@ -158,7 +158,6 @@ class ChromaMemory:
         self._tombstones: Collection = client.get_or_create_collection(
             f"{collection}_deleted", embedding_function=None
         )
-        self.collection_name = collection
 
     @classmethod
     def persistent(cls, path: str | Path, embedder: Embedder, **options: Any) -> ChromaMemory:
@@ -327,20 +326,6 @@ class ChromaMemory:
             self._collection.delete(ids=list(present))
         return len(present)
 
-    def forget_thread_tombstone(self, thread_id: str) -> bool:
-        """Let a deleted thread be written again (a reset clears a thread but keeps it).
-
-        Args:
-            thread_id: The thread.
-
-        Returns:
-            Whether the thread had a tombstone.
-        """
-        had = bool(self._deleted([thread_id]))
-        if had:
-            self._tombstones.delete(ids=[thread_id])
-        return had
-
     def clear_thread(self, thread_id: str) -> int:
         """Delete the thread's records but keep accepting writes to it (thread reset).
 
@@ -351,19 +336,8 @@ class ChromaMemory:
             How many records were deleted.
         """
         count = self.delete_thread(thread_id)
-        self.forget_thread_tombstone(thread_id)
+        self._tombstones.delete(ids=[thread_id])
         return count
-
-    def is_deleted(self, thread_id: str) -> bool:
-        """Whether writes to the thread are refused.
-
-        Args:
-            thread_id: The thread.
-
-        Returns:
-            True after :meth:`delete_thread` and before :meth:`forget_thread_tombstone`.
-        """
-        return bool(self._deleted([thread_id]))
 
     def _deleted(self, threads: Sequence[str]) -> set[str]:
         return set(self._tombstones.get(ids=list(threads), include=[])["ids"])

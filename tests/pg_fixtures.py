@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from store.postgres_testing import create_database, pg_available, start_postgres
+from tests.postgres_server import create_database, pg_available, start_postgres
 
 # A server the developer already runs (e.g. in a container) instead of a throwaway one.
 EXTERNAL_DSN_ENV = "STEADYCHAT_TEST_POSTGRES_DSN"

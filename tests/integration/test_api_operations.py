@@ -70,6 +70,9 @@ class UnreachableMemory:
     def delete_thread(self, thread_id: str) -> int:
         raise ConnectionError("chroma server unreachable")
 
+    def clear_thread(self, thread_id: str) -> int:
+        raise ConnectionError("chroma server unreachable")
+
     def count(self, *, thread_id: str | None = None) -> int:
         raise ConnectionError("chroma server unreachable")
 

@@ -160,11 +160,15 @@ async def test_slot_correction_keeps_history(service: ChatService):
 async def test_reset_clears_but_keeps_the_thread(service: ChatService):
     await service.create_thread(thread_id="t", title="Support")
     await service.run_turn("t", "My name is Ada.")
+    assert service.memory is not None and service.memory.count(thread_id="t") > 0
     info = await service.reset_thread("t")
     assert info.title == "Support" and info.turns == 0
     view = await service.get_thread("t")
     assert view.window == [] and view.slots == {}
+    assert service.memory.count(thread_id="t") == 0
     assert (await service.run_turn("t", "hello")).turn == 1
+    # The reset thread is remembered again.
+    assert service.memory.count(thread_id="t") > 0
 
 
 async def test_message_that_cannot_fit_is_a_context_error(service: ChatService):

@@ -137,6 +137,9 @@ class FailingMemory:
     def delete_thread(self, thread_id: str) -> int:
         return 0
 
+    def clear_thread(self, thread_id: str) -> int:
+        return 0
+
     def count(self, *, thread_id: str | None = None) -> int:
         return 0
 

@@ -144,6 +144,9 @@ class BrokenMemory:
     def delete_thread(self, thread_id: str) -> int:
         return 0
 
+    def clear_thread(self, thread_id: str) -> int:
+        return 0
+
     def count(self, *, thread_id: str | None = None) -> int:
         return 0
 

@@ -1,4 +1,4 @@
-"""Thread registry over memory, SQLite and PostgreSQL, and deleting a thread's checkpoints."""
+"""Thread registry over memory, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,21 +7,18 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
-from langchain_core.messages import HumanMessage
 
 from nodes.errors import ThreadDeletedError
-from store.checkpointer import open_checkpointer, open_sync_checkpointer
+from store.checkpointer import open_checkpointer
 from store.threads import (
     ThreadExistsError,
     ThreadRegistry,
     UnknownThreadError,
-    delete_thread_data,
     open_thread_registry,
 )
-from tests.unit.test_checkpointer import BACKENDS, cfg, checkpoint_ids, echo_graph, run_turns
+from tests.unit.test_checkpointer import BACKENDS, echo_graph, run_turns
 
 
 @pytest.fixture(params=BACKENDS)
@@ -120,15 +117,11 @@ async def test_tombstone_hides_the_thread_refuses_writes_and_reuse(
     assert await registry.get("gone") is None
     assert await registry.is_deleted("gone") is True
     assert await registry.is_deleted("kept") is False
-    tomb = await registry.get("gone", include_deleted=True)
-    assert tomb is not None and tomb.deleted_at is not None and tomb.title == "bye"
     items, total = await registry.list(owner="o")
     assert [r.thread_id for r in items] == ["kept"] and total == 1
 
     with pytest.raises(ThreadDeletedError):
         await registry.touch("gone", turns=1)
-    with pytest.raises(ThreadDeletedError):
-        await registry.rename("gone", "again")
     with pytest.raises(ThreadExistsError, match="deleted"):
         await registry.create("gone", owner="o")
     assert await registry.mark_deleted("gone") is False
@@ -142,24 +135,9 @@ async def test_deleting_an_unregistered_id_still_blocks_it(registry: ThreadRegis
         await registry.create("never", owner="o")
 
 
-async def test_rename_and_metadata_updates(registry: ThreadRegistry) -> None:
-    await registry.create("m", owner="o", metadata={"a": 1, "b": 2})
-    renamed = await registry.rename("m", "New title")
-    assert renamed.title == "New title"
-    merged = await registry.update_metadata("m", {"b": None, "c": [1, 2]})
-    assert merged.metadata == {"a": 1, "c": [1, 2]}
-    replaced = await registry.update_metadata("m", {"z": "only"}, replace_all=True)
-    assert replaced.metadata == {"z": "only"}
-    cleared = await registry.rename("m", None)
-    assert cleared.title is None
-    assert await registry.get("m") == cleared
-
-
 async def test_unknown_thread_and_bad_input_raise_clear_errors(registry: ThreadRegistry) -> None:
     with pytest.raises(UnknownThreadError):
         await registry.touch("nope", turns=1)
-    with pytest.raises(UnknownThreadError):
-        await registry.update_metadata("nope", {"a": 1})
     with pytest.raises(ValueError, match="owner"):
         await registry.create("x", owner="")
     with pytest.raises(ValueError, match="thread_id"):
@@ -207,32 +185,3 @@ async def test_open_thread_registry_rejects_bad_url() -> None:
     with pytest.raises(ValueError, match=r"memory.*sqlite.*postgresql"):
         async with open_thread_registry("mongodb://x"):
             pass
-
-
-# -- deleting a thread's checkpoints -------------------------------------------------------------
-
-
-async def test_delete_thread_data_removes_one_thread_only(store_url: str) -> None:
-    async with open_checkpointer(store_url) as saver:
-        graph = echo_graph(saver)
-        await run_turns(graph, "doomed", 2)
-        await run_turns(graph, "neighbour", 2)
-        neighbour = await checkpoint_ids(saver, "neighbour")
-
-        await delete_thread_data(saver, "doomed")
-
-        assert await checkpoint_ids(saver, "doomed") == []
-        assert await saver.aget_tuple(cfg("doomed")) is None
-        assert await checkpoint_ids(saver, "neighbour") == neighbour
-        state = await graph.aget_state(cfg("neighbour"))
-        assert state.values["turn"] == 2
-
-
-async def test_delete_thread_data_on_a_sync_saver(tmp_path: Path) -> None:
-    with open_sync_checkpointer(f"sqlite:///{tmp_path}/sync.db") as saver:
-        graph: Any = echo_graph(saver)
-        graph.invoke({"messages": [HumanMessage("hi")]}, cfg("a"))
-        graph.invoke({"messages": [HumanMessage("hi")]}, cfg("b"))
-        await delete_thread_data(saver, "a")
-        assert list(saver.list(cfg("a"))) == []
-        assert len(list(saver.list(cfg("b")))) == 3

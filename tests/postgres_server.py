@@ -1,4 +1,4 @@
-"""Start a throwaway PostgreSQL server (initdb + pg_ctl) on loopback for tests and demos."""
+"""Start a throwaway PostgreSQL server (initdb + pg_ctl) on loopback for the tests."""
 
 from __future__ import annotations
 
