@@ -18,6 +18,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Base
 from graph.threads import ThreadOperations
 from graph.turns import TurnRunner
 from nodes.postprocess import postprocess_reply
+from nodes.text import message_text
 
 __all__ = ["ChatService"]
 
@@ -39,7 +40,7 @@ class ChatService(ThreadOperations, TurnRunner):
         """Stateless completion over the given messages (OpenAI API without a thread)."""
         reply = await self.chat_model.ainvoke(messages, **generation)
         return AIMessage(
-            content=postprocess_reply(str(reply.content)),
+            content=postprocess_reply(message_text(reply)),
             usage_metadata=getattr(reply, "usage_metadata", None),
             response_metadata=reply.response_metadata,
         )

@@ -27,6 +27,7 @@ from graph.views import TurnEvent, TurnResult
 from nodes.context import Context
 from nodes.errors import ContextOverflowError, ThreadDeletedError, TurnCancelled
 from nodes.state import ContextAccount
+from nodes.text import message_text
 
 __all__ = ["TurnRunner"]
 
@@ -202,7 +203,7 @@ class TurnRunner(ServiceCore):
         turn = int(values.get("turn") or 0)
         account = cast(ContextAccount, values.get("context_account") or {})
         last = (values.get("messages") or [None])[-1]
-        reply = str(last.content) if last is not None and last.type == "ai" else ""
+        reply = message_text(last) if last is not None and last.type == "ai" else ""
         finish = (last.response_metadata or {}).get("finish_reason", "stop") if last else "stop"
         usage = dict(account.get("usage") or {})
         usage.setdefault("prompt_tokens", int(account.get("total", 0)))

@@ -19,6 +19,7 @@ from nodes.profiles import get_profile
 from nodes.prompts import system_prompt
 from nodes.slots import render_slots
 from nodes.state import ChatState, ContextAccount, LongSummary, Snippet
+from nodes.text import message_text
 from nodes.tracking import resolve_pending
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ def make_generate_reply(
             if ctx.cancel_event is not None:
                 kwargs["cancel_event"] = ctx.cancel_event
             reply = chat_model.invoke(assembled.messages, **kwargs)
-            raw = str(reply.content)
+            raw = message_text(reply)
             finish_reason = (reply.response_metadata or {}).get("finish_reason", "stop")
             meta = getattr(reply, "usage_metadata", None) or {}
             usage = {

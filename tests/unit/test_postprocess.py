@@ -1,6 +1,7 @@
 """Reply post-processing: thinking blocks and repeated sentences."""
 
-from nodes.postprocess import collapse_repeats, postprocess_reply, strip_think
+from nodes.postprocess import collapse_repeats, postprocess_reply
+from nodes.text import strip_think
 
 
 def test_think_block_is_removed() -> None:
