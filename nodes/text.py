@@ -113,9 +113,10 @@ _CLOSERS = "\"'”’」』)）\\]"
 # sentence, its end marks and closing quotes, and the white space after them; or a line and
 # its line breaks. CJK marks end a sentence on their own. "." needs white space (or the end)
 # after it, so that decimals, versions and addresses stay whole, and "!", "?" and ";" glued
-# to a following ASCII word ("?q=1") do not end one either.
+# to a following ASCII word ("?q=1") do not end one either. Possessive runs keep matching
+# linear on long runs of dots.
 SENTENCE = re.compile(
-    rf"(?:[^{_ENDS}\n]|\.(?![{_ENDS}]*[{_CLOSERS}]*(?:\s|\Z))|[!?;](?=[A-Za-z0-9_]))*"
+    rf"(?:[^{_ENDS}\n]++|\.++(?![{_CLOSERS}]*+(?:\s|\Z))|[!?;](?=[A-Za-z0-9_]))*+"
     rf"(?:[{_ENDS}]+[{_CLOSERS}]*\s*|\n+|\Z)"
 )
 """A sentence with what follows it up to the next one (white space, line breaks)."""

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from nodes.slot_rules import is_question
 from nodes.state import PendingQuestion
-from nodes.text import CONTENT_STOPWORDS, normalize_text, split_sentences, terms
+from nodes.text import CONTENT_STOPWORDS, fold, normalize_text, split_sentences, terms
 
 __all__ = [
     "MAX_ENTITIES",
@@ -374,8 +374,8 @@ def add_pending(
     """
     out = list(pending)
     for question in questions:
-        key = " ".join(question.casefold().split())
-        out = [q for q in out if " ".join(q["text"].casefold().split()) != key]
+        key = fold(question)
+        out = [q for q in out if fold(q["text"]) != key]
         out.append(PendingQuestion(text=question, turn=turn))
     return out[-limit:] if limit > 0 else []
 
