@@ -16,6 +16,7 @@ from api.app import create_app
 from graph.compose import open_service
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
+from tests.integration.test_api_threads import parse_sse
 from tests.unit.test_chat_model import forced
 
 # A looping reply with white space at both ends, a blank-line run and a code block whose
@@ -43,20 +44,6 @@ async def _client(tmp_path: Path, model: BaseChatModel) -> AsyncIterator[httpx.A
             yield c
 
 
-def _sse(body: str) -> list[tuple[str, str]]:
-    events: list[tuple[str, str]] = []
-    for block in body.replace("\r\n", "\n").split("\n\n"):
-        name, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[len("event:") :].strip()
-            elif line.startswith("data:"):
-                data.append(line[len("data:") :].removeprefix(" "))
-        if data:
-            events.append((name, "\n".join(data)))
-    return events
-
-
 Script = Callable[[], AbstractContextManager[Any]]
 
 
@@ -68,7 +55,8 @@ async def _v1(
     with script():
         streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
     assert streamed.status_code == 200, streamed.text
-    chunks = [json.loads(data) for _, data in _sse(streamed.text) if data != "[DONE]"]
+    lines = [line.removeprefix("data: ") for line in streamed.text.splitlines()]
+    chunks = [json.loads(line) for line in lines if line.startswith("{")]
     deltas = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     with script():
         whole = await client.post("/v1/chat/completions", json=body)
@@ -87,10 +75,10 @@ async def _rest(
             json={"content": "help me", "stream": True, **generation},
         )
     assert response.status_code == 200, response.text
-    events = _sse(response.text)
-    assert [name for name, _ in events][-1] == "done", events
-    tokens = "".join(json.loads(data)["text"] for name, data in events if name == "token")
-    done = json.loads(events[-1][1])["reply"]
+    events = parse_sse(response.text)
+    assert events[-1][0] == "done", events
+    tokens = "".join(data["text"] for name, data in events if name == "token")
+    done = events[-1][1]["reply"]
     window = (await client.get(f"/threads/{thread}")).json()["window"]
     assert [m["role"] for m in window] == ["user", "assistant"]
     return tokens, done, window[-1]["content"]
