@@ -145,10 +145,12 @@ class LocalConversation:
         """Stream the reply to ``text``; the exchange is kept only if the reply completes."""
         from langchain_core.messages import AIMessage, HumanMessage
 
+        from nodes.text import message_text
+
         messages = [*self._messages, HumanMessage(text)]
         parts: list[str] = []
         for chunk in self._model.stream(messages, profile=self._profile):
-            piece = str(chunk.content)
+            piece = message_text(chunk)
             if piece:
                 parts.append(piece)
                 yield piece

@@ -25,6 +25,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 from bench.conversation import scripted_reply, scripted_user_turns
 from graph.compose import open_service
 from graph.settings import Settings
+from nodes.text import message_text
 from tests.fakes import ScriptedChatModel
 
 MARKS = (10, 50, 200)
@@ -38,7 +39,7 @@ def _db_bytes(db: Path) -> int:
 
 def _responder(messages: list[BaseMessage]) -> str:
     user = next(m for m in reversed(messages) if isinstance(m, HumanMessage))
-    return scripted_reply(str(user.content), len(messages))
+    return scripted_reply(message_text(user), len(messages))
 
 
 async def run_naive(turns: list[str], folder: Path) -> dict[int, dict[str, float]]:

@@ -28,17 +28,15 @@ from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
 from pydantic import ConfigDict, PrivateAttr, model_validator
 
 from nodes.profiles import get_profile, resolve_generation
+from nodes.text import THINK_CLOSE, THINK_OPEN, ThinkStripper, held_prefix, message_text
 
-__all__ = ["QwenChatModel", "StopSequenceFilter", "ThinkStripper"]
+__all__ = ["QwenChatModel", "StopSequenceFilter"]
 
 # Lone UTF-16 surrogates (JSON "\ud800") are valid in a Python str but not in UTF-8: the
 # tokenizer rejects them with a TypeError. They become U+FFFD, as a UTF-8 decoder would do.
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 _SEED_RANGE = 2**32
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
 
 # Per-call keyword arguments that generation understands (besides ``stop``).
 _CALL_KWARGS = frozenset(
@@ -66,67 +64,6 @@ _ROLES = {
 }
 
 
-def _held_prefix(text: str, marker: str) -> int:
-    """Length of the longest tail of ``text`` that is a proper prefix of ``marker``."""
-    for size in range(min(len(text), len(marker) - 1), 0, -1):
-        if marker.startswith(text[-size:]):
-            return size
-    return 0
-
-
-class ThinkStripper:
-    """Removes ``<think>...</think>`` blocks from text that arrives in pieces.
-
-    A tail that could be the start of a tag is held back until the next piece decides it, and an
-    unterminated block at the end is dropped. Whitespace right after a closed block is dropped
-    too, since the reply proper starts there.
-    """
-
-    def __init__(self, *, in_think: bool = False) -> None:
-        self._buffer = ""
-        self._in_think = in_think
-        self._trim_leading = False
-
-    def feed(self, text: str) -> str:
-        """Add a piece of raw text; return the visible text that is now certain."""
-        self._buffer += text
-        out: list[str] = []
-        while True:
-            if self._in_think:
-                end = self._buffer.find(THINK_CLOSE)
-                if end < 0:
-                    # The thought itself is never shown; keep only what could start the tag.
-                    keep = _held_prefix(self._buffer, THINK_CLOSE)
-                    self._buffer = self._buffer[len(self._buffer) - keep :]
-                    break
-                self._buffer = self._buffer[end + len(THINK_CLOSE) :]
-                self._in_think = False
-                self._trim_leading = True
-                continue
-            if self._trim_leading:
-                self._buffer = self._buffer.lstrip()
-                if not self._buffer:
-                    break
-                self._trim_leading = False
-            start = self._buffer.find(THINK_OPEN)
-            if start >= 0:
-                out.append(self._buffer[:start])
-                self._buffer = self._buffer[start + len(THINK_OPEN) :]
-                self._in_think = True
-                continue
-            keep = _held_prefix(self._buffer, THINK_OPEN)
-            out.append(self._buffer[: len(self._buffer) - keep])
-            self._buffer = self._buffer[len(self._buffer) - keep :]
-            break
-        return "".join(out)
-
-    def finish(self) -> str:
-        """Flush: return held-back visible text; a dangling think block is dropped."""
-        rest = "" if self._in_think else self._buffer
-        self._buffer = ""
-        return rest
-
-
 class StopSequenceFilter:
     """Cuts streamed text at the first stop sequence, never emitting the stop text or beyond.
 
@@ -152,7 +89,7 @@ class StopSequenceFilter:
             out = self._buffer[: min(hits)]
             self._buffer = ""
             return out
-        keep = max(_held_prefix(self._buffer, stop) for stop in self._stops)
+        keep = max(held_prefix(self._buffer, stop) for stop in self._stops)
         out = self._buffer[: len(self._buffer) - keep]
         self._buffer = self._buffer[len(self._buffer) - keep :]
         return out
@@ -374,7 +311,10 @@ class QwenChatModel(ChatHuggingFace):
                 f"QwenChatModel accepts system, human and ai messages only, not {message.type!r} "
                 "(tool and function messages are not supported by the local pipeline)"
             )
-        return {"role": role, "content": _SURROGATES.sub("\ufffd", _text_content(message))}
+        return {
+            "role": role,
+            "content": _SURROGATES.sub("\ufffd", message_text(message, strict=True)),
+        }
 
     def _to_chat_prompt(
         self, messages: list[BaseMessage], enable_thinking: bool | None = None
@@ -817,19 +757,3 @@ def _opens_think(prompt: str) -> bool:
     # itself; the reply then starts inside it and only the closing tag appears.
     tail = prompt[prompt.rfind("<|im_start|>") :] if "<|im_start|>" in prompt else prompt
     return tail.rfind(THINK_OPEN) > tail.rfind(THINK_CLOSE)
-
-
-def _text_content(message: BaseMessage) -> str:
-    content = message.content
-    if isinstance(content, str):
-        return content
-    parts: list[str] = []
-    for block in content:
-        if isinstance(block, str):
-            parts.append(block)
-        elif isinstance(block, dict) and block.get("type") == "text":
-            parts.append(str(block.get("text", "")))
-        else:
-            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-            raise ValueError(f"QwenChatModel accepts text content only, not {kind!r} blocks")
-    return "".join(parts)

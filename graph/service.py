@@ -17,7 +17,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Base
 
 from graph.threads import ThreadOperations
 from graph.turns import TurnRunner
-from nodes.postprocess import postprocess_reply
+from nodes.postprocess import ReplyStream, postprocess_reply
+from nodes.text import message_text
 
 __all__ = ["ChatService"]
 
@@ -36,10 +37,13 @@ class ChatService(ThreadOperations, TurnRunner):
     """
 
     async def complete(self, messages: list[BaseMessage], **generation: Any) -> AIMessage:
-        """Stateless completion over the given messages (OpenAI API without a thread)."""
+        """Stateless completion over the given messages (OpenAI API without a thread).
+
+        The content is post-processed exactly as ``stream_complete`` streams it.
+        """
         reply = await self.chat_model.ainvoke(messages, **generation)
         return AIMessage(
-            content=postprocess_reply(str(reply.content)),
+            content=postprocess_reply(message_text(reply)),
             usage_metadata=getattr(reply, "usage_metadata", None),
             response_metadata=reply.response_metadata,
         )
@@ -47,15 +51,30 @@ class ChatService(ThreadOperations, TurnRunner):
     async def stream_complete(
         self, messages: list[BaseMessage], **generation: Any
     ) -> AsyncIterator[AIMessageChunk]:
-        """Stateless streaming completion; closing the iterator stops generation."""
+        """Stateless streaming completion; closing the iterator stops generation.
+
+        Each of the model's chunks comes through with its content replaced by the
+        post-processed text that became certain with it, so the contents joined equal what
+        ``complete`` returns; usage and finish reason stay on the chunks that carry them.
+        """
         cancel = threading.Event()
         stream = cast(
             AsyncGenerator[BaseMessageChunk, None],
             self.chat_model.astream(messages, cancel_event=cancel, **generation),
         )
+        post = ReplyStream()
+        finished = False
         try:
-            async for chunk in stream:
-                yield cast(AIMessageChunk, chunk)
+            async for raw in stream:
+                chunk = cast(AIMessageChunk, raw)
+                delta = post.feed(message_text(chunk))
+                if chunk.chunk_position == "last":
+                    # What was held back goes out with the model's closing chunk.
+                    delta += post.finish()
+                    finished = True
+                yield chunk.model_copy(update={"content": delta})
+            if not finished and (rest := post.finish()):
+                yield AIMessageChunk(content=rest)
         finally:
             cancel.set()
             await stream.aclose()

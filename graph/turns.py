@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from langchain_core.messages import AIMessageChunk, BaseMessageChunk, HumanMessage
+from langchain_core.messages import HumanMessage
 from langgraph.types import StateSnapshot
 
 from graph.core import ServiceCore
@@ -26,7 +26,9 @@ from graph.errors import (
 from graph.views import TurnEvent, TurnResult
 from nodes.context import Context
 from nodes.errors import ContextOverflowError, ThreadDeletedError, TurnCancelled
+from nodes.generate_reply import REPLY_DELTA
 from nodes.state import ContextAccount
+from nodes.text import message_text
 
 __all__ = ["TurnRunner"]
 
@@ -160,25 +162,23 @@ class TurnRunner(ServiceCore):
             # aclosing: LangGraph writes its exit checkpoint when the stream closes, so it must
             # be closed before a rollback, never after it.
             events = cast(
-                AsyncGenerator[tuple[BaseMessageChunk, dict[str, Any]], None],
+                AsyncGenerator[Any, None],
                 self.graph.astream(
                     {"messages": [user]},
                     config,
                     context=ctx,
-                    stream_mode="messages",
+                    stream_mode="custom",
                     durability="exit",
                 ),
             )
             async with contextlib.aclosing(events) as stream:
-                async for chunk, meta in stream:
+                async for item in stream:
                     if ctx.cancel_event.is_set():
                         raise TurnCancelledError("the turn was cancelled")
-                    if (
-                        meta.get("langgraph_node") == "generate_reply"
-                        and isinstance(chunk, AIMessageChunk)
-                        and chunk.content
-                    ):
-                        await queue.put(TurnEvent(type="token", text=str(chunk.content)))
+                    # generate_reply writes the post-processed reply piece by piece: what is
+                    # streamed is exactly what the turn saves.
+                    if isinstance(item, dict) and item.get(REPLY_DELTA):
+                        await queue.put(TurnEvent(type="token", text=str(item[REPLY_DELTA])))
             if ctx.cancel_event.is_set():
                 raise TurnCancelledError("the turn was cancelled")
         except BaseException as exc:
@@ -202,7 +202,7 @@ class TurnRunner(ServiceCore):
         turn = int(values.get("turn") or 0)
         account = cast(ContextAccount, values.get("context_account") or {})
         last = (values.get("messages") or [None])[-1]
-        reply = str(last.content) if last is not None and last.type == "ai" else ""
+        reply = message_text(last) if last is not None and last.type == "ai" else ""
         finish = (last.response_metadata or {}).get("finish_reason", "stop") if last else "stop"
         usage = dict(account.get("usage") or {})
         usage.setdefault("prompt_tokens", int(account.get("total", 0)))

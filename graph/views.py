@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from graph.errors import ServiceError
 from nodes.state import ContextAccount, LongSummary, PendingQuestion, Slot, SummaryChunk
+from nodes.text import message_text
 from store.threads import ThreadRecord
 
 __all__ = [
@@ -85,7 +86,7 @@ def window_messages(values: dict[str, Any]) -> list[WindowMessage]:
         out.append(
             WindowMessage(
                 role="user" if m.type == "human" else "assistant",
-                content=str(m.content),
+                content=message_text(m),
                 turn=int(m.additional_kwargs.get("turn", 0)),
                 timestamp=m.additional_kwargs.get("timestamp"),
             )

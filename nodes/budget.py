@@ -9,6 +9,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from nodes.errors import ContextOverflowError
+from nodes.text import message_text
 
 
 @dataclass(kw_only=True)
@@ -111,8 +112,8 @@ def assemble_prompt(
     per_kind: dict[str, int] = {"system": model.get_num_tokens(rules)}
     for s in kept_sections:
         per_kind[s.kind] = per_kind.get(s.kind, 0) + model.get_num_tokens(s.text)
-    per_kind["window"] = sum(model.get_num_tokens(str(m.content)) for u in kept_units for m in u)
-    per_kind["user"] = model.get_num_tokens(str(user.content))
+    per_kind["window"] = sum(model.get_num_tokens(message_text(m)) for u in kept_units for m in u)
+    per_kind["user"] = model.get_num_tokens(message_text(user))
     return Assembled(
         messages=msgs,
         sections=per_kind,

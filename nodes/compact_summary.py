@@ -24,6 +24,7 @@ from nodes.summaries import (
     pinned_facts_from_slots,
     summarize_with_model,
 )
+from nodes.text import message_text
 
 __all__ = ["count_window_tokens", "group_exchanges", "make_compact_summary"]
 
@@ -54,7 +55,7 @@ def count_window_tokens(chat_model: BaseChatModel | None, messages: Sequence[Bas
         except Exception:  # a model without a message counter still counts text
             logger.debug("get_num_tokens_from_messages failed", exc_info=True)
         try:
-            return sum(int(chat_model.get_num_tokens(str(m.content))) for m in messages)
+            return sum(int(chat_model.get_num_tokens(message_text(m))) for m in messages)
         except Exception:  # e.g. a tokenizer that cannot be loaded offline
             logger.warning("model token counting failed; approximating", exc_info=True)
     return count_tokens_approximately(list(messages))
@@ -259,7 +260,7 @@ def _summarize_chunk(
     limits: SummaryLimits,
 ) -> SummaryChunk:
     first_turn, last_turn = span
-    folded_text = "\n".join(str(m.content) for m in messages)
+    folded_text = "\n".join(message_text(m) for m in messages)
     if chat_model is not None:
         text = summarize_with_model(
             chat_model,

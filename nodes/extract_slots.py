@@ -16,6 +16,7 @@ from nodes.slot_model_pass import extract_model_slots, merge_findings
 from nodes.slot_rules import SlotFinding, extract_rule_slots
 from nodes.slots import apply_slot_value
 from nodes.state import ChatState, Slot
+from nodes.text import message_text
 from nodes.tracking import (
     add_pending,
     detect_questions,
@@ -24,7 +25,7 @@ from nodes.tracking import (
     update_entities,
 )
 
-__all__ = ["make_extract_slots", "message_text"]
+__all__ = ["make_extract_slots"]
 
 log = logging.getLogger(__name__)
 
@@ -35,27 +36,6 @@ _ENTITY_SLOTS = frozenset({"name", "order_id", "ticket_id"})
 _PERSONAL_SLOTS = frozenset({"name", "email", "phone"})
 # Words that introduce personal details ("my name is ..."): no topic on their own.
 _PERSONAL_CUES = ["name", "email", "e-mail", "phone", "mobile", "called", "名字", "邮箱", "电话"]
-
-
-def message_text(message: BaseMessage) -> str:
-    """The plain text of a message (text blocks joined when the content is a list).
-
-    Args:
-        message: Any LangChain message.
-
-    Returns:
-        Its text.
-    """
-    content = message.content
-    if isinstance(content, str):
-        return content
-    parts = []
-    for block in content:
-        if isinstance(block, str):
-            parts.append(block)
-        elif isinstance(block, dict) and block.get("type") == "text":
-            parts.append(str(block.get("text", "")))
-    return " ".join(parts)
 
 
 def _timestamp(message: BaseMessage) -> datetime | None:

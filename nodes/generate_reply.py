@@ -1,27 +1,36 @@
-"""The generate_reply node: assemble the prompt within budget, generate, post-process, account."""
+"""The generate_reply node: assemble the prompt within budget, stream, post-process, account."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Generator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages.ai import add_ai_message_chunks
 from langgraph.runtime import Runtime
 
 from nodes.budget import Section, assemble_prompt
 from nodes.context import Context
 from nodes.errors import ContextOverflowError, TurnCancelled
-from nodes.postprocess import postprocess_reply
+from nodes.postprocess import ReplyStream
 from nodes.profiles import get_profile
 from nodes.prompts import system_prompt
 from nodes.slots import render_slots
 from nodes.state import ChatState, ContextAccount, LongSummary, Snippet
+from nodes.text import message_text
 from nodes.tracking import resolve_pending
 
 log = logging.getLogger(__name__)
+
+REPLY_DELTA = "reply_delta"
+"""Key of the custom stream events the node writes (``stream_mode="custom"``): each
+``{"reply_delta": text}`` is the next piece of the post-processed reply, and joined in order
+they are exactly the reply the turn saves."""
 
 HEADINGS = {
     "state": "What you know about the user and this conversation",
@@ -172,6 +181,32 @@ def profile_reply_tokens(profile: str) -> int:
     return get_profile(profile).max_new_tokens
 
 
+def _stream_reply(
+    chat_model: BaseChatModel,
+    messages: list[BaseMessage],
+    kwargs: dict[str, Any],
+    post: ReplyStream,
+    release: Callable[[str], None],
+    cancel: threading.Event | None,
+) -> AIMessageChunk:
+    """Stream the model's reply through the post-processor; return the chunks merged.
+
+    The merged chunk carries what the model reported (usage, finish reason). A cancelled turn
+    stops reading and closes the stream, which ends generation at the next token.
+    """
+    chunks: list[AIMessageChunk] = []
+    stream = cast(Generator[AIMessageChunk, None, None], chat_model.stream(messages, **kwargs))
+    with contextlib.closing(stream):
+        for chunk in stream:
+            chunks.append(chunk)
+            release(post.feed(message_text(chunk)))
+            if cancel is not None and cancel.is_set():
+                break
+    if not chunks:
+        return AIMessageChunk(content="")
+    return add_ai_message_chunks(chunks[0], *chunks[1:])
+
+
 def make_generate_reply(
     chat_model: BaseChatModel,
     *,
@@ -221,17 +256,28 @@ def make_generate_reply(
             budget=budget,
         )
 
+        shown: list[str] = []
+
+        def release(delta: str) -> None:
+            # Each certain piece goes out at once; joined, they are exactly the saved reply.
+            if delta:
+                shown.append(delta)
+                runtime.stream_writer({REPLY_DELTA: delta})
+
+        post = ReplyStream()
         if ctx.recorded_reply is not None:
-            raw, finish_reason, usage = ctx.recorded_reply, "stop", {}
+            release(post.feed(ctx.recorded_reply))
+            finish_reason, usage = "stop", {}
         else:
             kwargs: dict[str, Any] = {"profile": ctx.profile, "max_new_tokens": max_new}
             kwargs.update(ctx.generation)
             if ctx.cancel_event is not None:
                 kwargs["cancel_event"] = ctx.cancel_event
-            reply = chat_model.invoke(assembled.messages, **kwargs)
-            raw = str(reply.content)
+            reply = _stream_reply(
+                chat_model, assembled.messages, kwargs, post, release, ctx.cancel_event
+            )
             finish_reason = (reply.response_metadata or {}).get("finish_reason", "stop")
-            meta = getattr(reply, "usage_metadata", None) or {}
+            meta: Mapping[str, Any] = reply.usage_metadata or {}
             usage = {
                 "prompt_tokens": int(meta.get("input_tokens", assembled.total)),
                 "completion_tokens": int(meta.get("output_tokens", 0)),
@@ -239,7 +285,8 @@ def make_generate_reply(
             }
         if ctx.cancel_event is not None and ctx.cancel_event.is_set():
             raise TurnCancelled("the turn was cancelled during generation")
-        text = postprocess_reply(raw)
+        release(post.finish())
+        text = "".join(shown)
 
         kept = set(assembled.kept_labels)
         recalled = list(state.get("recalled") or [])

@@ -14,6 +14,7 @@ from nodes.context import Context
 from nodes.errors import ThreadDeletedError, TurnCancelled
 from nodes.memory import MemoryRecord, MemoryStore
 from nodes.state import ChatState, Slot
+from nodes.text import message_text
 
 __all__ = ["exchange_records", "fact_id", "fact_record", "make_remember", "slot_memory_changes"]
 
@@ -117,11 +118,12 @@ def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[
     timestamp = _stamp(human, "timestamp")
     timestamp = str(timestamp) if timestamp else None
     records: list[MemoryRecord] = []
-    if human.text.strip():
+    human_text, reply_text = message_text(human), message_text(reply) if reply else ""
+    if human_text.strip():
         records.append(
             MemoryRecord(
                 id=f"{thread_id}:{turn}:user",
-                text=human.text,
+                text=human_text,
                 thread_id=thread_id,
                 user_id=user_id,
                 turn=turn,
@@ -129,12 +131,12 @@ def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[
                 timestamp=timestamp,
             )
         )
-    if reply is not None and reply.text.strip():
+    if reply is not None and reply_text.strip():
         reply_time = _stamp(reply, "timestamp")
         records.append(
             MemoryRecord(
                 id=f"{thread_id}:{turn}:assistant",
-                text=reply.text,
+                text=reply_text,
                 thread_id=thread_id,
                 user_id=user_id,
                 turn=turn,

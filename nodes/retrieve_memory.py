@@ -13,27 +13,13 @@ from langgraph.runtime import Runtime
 from nodes.context import Context
 from nodes.memory import MemoryHit, MemoryStore
 from nodes.state import ChatState, Snippet
+from nodes.text import message_text
 
-__all__ = ["last_user_text", "make_retrieve_memory", "window_start_turn"]
+__all__ = ["make_retrieve_memory", "window_start_turn"]
 
 logger = logging.getLogger(__name__)
 
 RetrieveMemoryNode = Callable[[ChatState, Runtime[Context], RunnableConfig], dict[str, Any]]
-
-
-def last_user_text(messages: Sequence[AnyMessage]) -> str:
-    """Text of the last human message (the turn being answered).
-
-    Args:
-        messages: The verbatim window.
-
-    Returns:
-        Its text, or ``""`` when there is none.
-    """
-    for message in reversed(messages):
-        if isinstance(message, HumanMessage):
-            return message.text
-    return ""
 
 
 def window_start_turn(messages: Sequence[AnyMessage]) -> int | None:
@@ -111,7 +97,8 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
         """
         ctx = runtime.context or Context()
         messages = state.get("messages", [])
-        query = last_user_text(messages).strip()
+        user = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
+        query = message_text(user).strip() if user is not None else ""
         thread_id = (config.get("configurable") or {}).get("thread_id")
         thread_id = str(thread_id) if thread_id is not None else None
         if not query or ctx.top_k <= 0 or (thread_id is None and not ctx.cross_thread_memory):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import unicodedata
 from collections.abc import Sequence
 
 from langchain_core.language_models import BaseChatModel
@@ -13,7 +12,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langgraph.constants import TAG_NOSTREAM
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from nodes.slot_rules import SlotFinding, memo_key, normalize_text, split_sentences, style_dimension
+from nodes.slot_rules import SlotFinding, memo_key, style_dimension
+from nodes.text import fold, message_text, normalize_text, split_sentences
 
 __all__ = [
     "ModelSlots",
@@ -70,10 +70,6 @@ def _parse(reply: str) -> ModelSlots:
     return ModelSlots.model_validate(json.loads(text[start : end + 1]))
 
 
-def _fold(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
-
 def text_contains(text: str, value: str, *, loose: bool = False) -> bool:
     """Whether ``value`` occurs in ``text`` after normalisation (NFKC, case, whitespace).
 
@@ -86,22 +82,22 @@ def text_contains(text: str, value: str, *, loose: bool = False) -> bool:
     Returns:
         True when the text contains the value.
     """
-    folded_value = _fold(value)
+    folded_value = fold(value)
     if not folded_value:
         return False
-    if folded_value in _fold(text):
+    if folded_value in fold(text):
         return True
     if loose:
         bare_value = "".join(ch for ch in folded_value if ch.isalnum())
-        bare_text = "".join(ch for ch in _fold(text) if ch.isalnum())
+        bare_text = "".join(ch for ch in fold(text) if ch.isalnum())
         return len(bare_value) >= 3 and bare_value in bare_text
     return False
 
 
 def _evidence(text: str, value: str) -> str:
-    folded = _fold(value)
+    folded = fold(value)
     for sentence in split_sentences(normalize_text(text)):
-        if folded in _fold(sentence):
+        if folded in fold(sentence):
             return sentence
     return value
 
@@ -160,7 +156,7 @@ def extract_model_slots(
             temperature=0,
             max_new_tokens=max_new_tokens,
         )
-        content = reply.content if isinstance(reply.content, str) else str(reply.content)
+        content = message_text(reply)
         try:
             return _to_findings(_parse(content), text)
         except (ValueError, ValidationError) as exc:

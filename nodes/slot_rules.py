@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 import phonenumbers
+
+from nodes.text import fold, normalize_text, split_sentences
 
 __all__ = [
     "SLOT_NAMES",
@@ -19,9 +20,7 @@ __all__ = [
     "is_question",
     "is_request",
     "memo_key",
-    "normalize_text",
     "split_clauses",
-    "split_sentences",
     "style_dimension",
 ]
 
@@ -73,41 +72,9 @@ class SlotFinding:
     rule: str
 
 
-def normalize_text(text: str) -> str:
-    """NFKC-normalise text (full-width letters, digits and punctuation become ASCII).
-
-    Args:
-        text: Any user text.
-
-    Returns:
-        The normalised text; every rule value is a substring of it.
-    """
-    return unicodedata.normalize("NFKC", text)
-
-
 # -- splitting -------------------------------------------------------------------------------
 
-_SENTENCE_END = re.compile(r"[^。!?;\n]*(?:[。!?;\n]+|$)")
-_PERIOD_SPLIT = re.compile(r"(?<=\.)\s+")
 _CLAUSE_SPLIT = re.compile(r"(?<=[,、])")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split normalised text into sentences (terminators kept, blanks dropped).
-
-    Args:
-        text: Text already passed through ``normalize_text``.
-
-    Returns:
-        Sentences in order, each stripped.
-    """
-    out: list[str] = []
-    for match in _SENTENCE_END.finditer(text):
-        for piece in _PERIOD_SPLIT.split(match.group()):
-            piece = piece.strip()
-            if piece:
-                out.append(piece)
-    return out
 
 
 def split_clauses(sentence: str) -> list[str]:
@@ -560,7 +527,7 @@ def memo_key(memo: str) -> str:
         ``memo:flight`` for both examples' subjects ("flight", "航班"), or a hash of the
         normalised text when the memo has no clear subject.
     """
-    text = " ".join(normalize_text(memo).casefold().split()).rstrip(".!。 ")
+    text = fold(memo).rstrip(".!。 ")
     for pattern in (_MEMO_SUBJECT_EN, _MEMO_SUBJECT_ZH):
         m = pattern.match(text)
         if m and len(m.group("subject").split()) <= 4:

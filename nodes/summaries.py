@@ -18,6 +18,14 @@ from langgraph.constants import TAG_NOSTREAM
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from nodes.state import LongSummary, SummaryChunk
+from nodes.text import (
+    CONTENT_STOPWORDS,
+    fold,
+    message_text,
+    split_sentences,
+    strip_think,
+    terms,
+)
 
 __all__ = [
     "SummaryLimits",
@@ -58,35 +66,9 @@ DEFAULT_LIMITS = SummaryLimits()
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
-# CJK punctuation ends a sentence on its own; Latin punctuation needs whitespace after it so
-# that decimals, versions and e-mail addresses stay whole.
-_SENTENCE_END = re.compile(r"(?<=[。！？；…])\s*|(?<=[.!?;])\s+|\n+")
-_LATIN_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'@.+_-]*")
-_CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
-_THINK = re.compile(r"<think>.*?</think>|^.*?</think>|<think>.*$", re.DOTALL)
 _LEAD_LABEL = re.compile(r"^(summary|one-sentence summary|总结|摘要|一句话总结)\s*[:：]\s*", re.I)
 _QUESTION_END = ("?", "？")
 _CLOSING = ("。", "！", "？", "；", ".", "!", "?", ";", "…", "」", "”", '"', ")", "）")
-
-# fmt: off
-_EN_STOPWORDS = frozenset((
-    "a", "an", "and", "are", "as", "at", "be", "but", "by", "can", "could", "did",
-    "do", "does", "for", "from", "had", "has", "have", "hello", "hi", "how", "i", "i'm",
-    "i'd", "i'll", "is", "it", "it's", "its", "just", "me", "my", "no", "not", "of",
-    "ok", "okay", "on", "or", "our", "please", "so", "that", "the", "their", "them", "then",
-    "there", "these", "they", "this", "to", "too", "us", "was", "we", "were", "what", "when",
-    "where", "which", "who", "why", "will", "with", "would", "yes", "you", "your", "thanks",
-    "thank", "also", "about", "into", "like", "want", "need", "some", "any", "get", "got",
-    "lot", "very", "much", "should", "shall", "may", "might", "must", "here", "been", "being",
-    "than", "more", "most", "only", "now", "well", "sure", "great", "good", "fine", "right",
-    "sorry", "bye", "goodbye", "let", "know", "see", "all", "if", "in", "out", "up", "one",
-))
-_ZH_STOPWORDS = frozenset((
-    "我们", "你们", "他们", "一个", "这个", "那个", "什么", "可以", "怎么", "就是", "还是", "因为",
-    "所以", "但是", "如果", "已经", "没有", "不是", "自己", "我的", "你的", "请问", "谢谢", "你好",
-    "一下", "现在", "时候", "然后", "这样", "那么", "我想", "我要", "帮我",
-))
-# fmt: on
 
 
 def detect_language(text: str) -> Language:
@@ -120,14 +102,9 @@ def pinned_facts_from_slots(slots: Mapping[str, Mapping[str, Any]] | None) -> di
     return pinned
 
 
-def _squash(text: str) -> str:
-    # Matching ignores case and whitespace so "ann  lee" and "Ann Lee" count as the same value.
-    return re.sub(r"\s+", "", text).casefold()
-
-
 def _contains(haystack: str, value: str) -> bool:
-    needle = _squash(value)
-    return bool(needle) and needle in _squash(haystack)
+    needle = fold(value, spaces=False)
+    return bool(needle) and needle in fold(haystack, spaces=False)
 
 
 def loses_pinned_fact(
@@ -170,35 +147,17 @@ def invents_identifiers(summary: str, folded_text: str) -> bool:
         True when some digit-bearing token or e-mail address of ``summary`` is not in
         ``folded_text`` (compared ignoring case and whitespace).
     """
-    source = _squash(folded_text)
+    source = fold(folded_text, spaces=False)
     for token in _IDENTIFIER.findall(summary):
         token = token.strip(".,;:!?-/")
-        if token and _squash(token) not in source:
+        if token and fold(token, spaces=False) not in source:
             return True
     return False
 
 
-def _text(message: BaseMessage) -> str:
-    content = message.content
-    if isinstance(content, str):
-        return content
-    # Multimodal content: keep only the text parts.
-    parts = [p.get("text", "") if isinstance(p, dict) else str(p) for p in content]
-    return " ".join(p for p in parts if p)
-
-
-def _split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
-
-
 def _terms(text: str) -> list[str]:
-    terms = [w.casefold().strip(".'-_") for w in _LATIN_WORD.findall(text)]
-    terms = [w for w in terms if len(w) > 1 and w not in _EN_STOPWORDS]
-    # Chinese has no spaces: character bigrams stand in for words.
-    for run in _CJK_RUN.findall(text):
-        grams = [run[i : i + 2] for i in range(len(run) - 1)] or [run]
-        terms.extend(g for g in grams if g not in _ZH_STOPWORDS)
-    return terms
+    # Words as written (not stemmed): the extractive fold shows them as topics.
+    return terms(text, stopwords=CONTENT_STOPWORDS, stem_words=False)
 
 
 def _clip(text: str, limit: int) -> str:
@@ -234,12 +193,12 @@ def _rank_sentences(sentences: list[str], pinned_values: Sequence[str]) -> list[
     document_freq = Counter(t for s in sentences for t in set(_terms(s)))
     scores: dict[int, float] = {}
     for index, sentence in enumerate(sentences):
-        terms = set(_terms(sentence))
+        words = set(_terms(sentence))
         carries_value = any(_contains(sentence, v) for v in pinned_values)
-        if not terms and not carries_value:
+        if not words and not carries_value:
             continue
         # Terms shared with other sentences mark what the range is about.
-        score = sum(math.log1p(document_freq[t]) + 1.0 for t in terms) / math.sqrt(len(terms) + 1)
+        score = sum(math.log1p(document_freq[t]) + 1.0 for t in words) / math.sqrt(len(words) + 1)
         if carries_value:
             score += 10.0
         if sentence.endswith(_QUESTION_END):
@@ -272,19 +231,19 @@ def extractive_line(
     Returns:
         A single line of text; empty when the range has no text at all.
     """
-    user_text = "\n".join(_text(m) for m in turns if m.type == "human")
+    user_text = "\n".join(message_text(m) for m in turns if m.type == "human")
     role_label = "User"
     if not user_text.strip():
-        user_text = "\n".join(_text(m) for m in turns)
+        user_text = "\n".join(message_text(m) for m in turns)
         role_label = "Conversation"
-    all_text = "\n".join(_text(m) for m in turns)
+    all_text = "\n".join(message_text(m) for m in turns)
     language = detect_language(all_text)
     prefix = (
         ("用户：" if role_label == "User" else "对话：") if language == "zh" else f"{role_label}: "
     )
 
     mentioned = {n: v for n, v in pinned_facts.items() if _contains(all_text, v)}
-    sentences = list(dict.fromkeys(_close(s) for s in _split_sentences(user_text)))
+    sentences = list(dict.fromkeys(_close(s) for s in split_sentences(user_text)))
     ranking = _rank_sentences(sentences, list(mentioned.values()))
 
     def missing_facts(chosen: Iterable[int]) -> str:
@@ -328,7 +287,7 @@ def _transcript(turns: Sequence[BaseMessage], language: Language, limit: int) ->
     colon = "：" if language == "zh" else ": "
     lines = []
     for message in turns:
-        text = " ".join(_text(message).split())
+        text = " ".join(message_text(message).split())
         if text:
             label = labels.get(message.type, message.type.capitalize())
             lines.append(f"{label}{colon}{_clip(text, limit)}")
@@ -353,8 +312,7 @@ _KEEP_VALUES = {"en": "Keep these exactly: ", "zh": "以下信息必须原样保
 
 
 def _clean_model_text(text: str) -> str:
-    text = _THINK.sub("", text)
-    text = " ".join(text.split())
+    text = " ".join(strip_think(text).split())
     text = _LEAD_LABEL.sub("", text)
     return text.strip().strip("\"'“”「」").strip()
 
@@ -390,7 +348,7 @@ def summarize_with_model(
     if language_hint in ("zh", "en"):
         transcript_language = language_hint  # type: ignore[assignment]
     else:
-        transcript_language = detect_language(" ".join(_text(m) for m in turns))
+        transcript_language = detect_language(" ".join(message_text(m) for m in turns))
     transcript = _transcript(turns, transcript_language, limits.message_chars)
     if not transcript:
         return None
@@ -411,7 +369,7 @@ def summarize_with_model(
     except Exception:  # any model failure falls back to the extractive summary
         logger.warning("model summary failed; falling back to the extractive one", exc_info=True)
         return None
-    text = _clean_model_text(_text(reply))
+    text = _clean_model_text(message_text(reply))
     return _clip(text, limits.line_chars) if text else None
 
 
@@ -456,7 +414,7 @@ _LONG_LABELS = {
 
 
 def _parse_draft(text: str) -> _LongSummaryDraft | None:
-    text = _THINK.sub("", text).strip()
+    text = strip_think(text)
     data: Any
     try:
         data = parse_json_markdown(text, parser=json.loads)
@@ -480,7 +438,7 @@ def _dedupe(items: Iterable[str], limit: int) -> list[str]:
     seen: set[str] = set()
     out: list[str] = []
     for item in items:
-        key = _squash(item)
+        key = fold(item, spaces=False)
         if key and key not in seen:
             seen.add(key)
             out.append(_clip(item, limit))
@@ -502,7 +460,7 @@ def _trim_narrative(narrative: str, limit: int) -> str:
     # turn label; a narrative without labels (the model's) loses whole sentences instead.
     parts = [p.strip() for p in _SEGMENT_START.split(narrative) if p.strip()]
     if len(parts) < 2:
-        parts = _split_sentences(narrative)
+        parts = split_sentences(narrative)
     while len(parts) > 1 and len(_join(parts)) > limit:
         parts.pop(0)
     kept = _join(parts)
@@ -516,11 +474,11 @@ def _fact_lines(
     pinned_facts: Mapping[str, str], others: Iterable[str], limits: SummaryLimits
 ) -> list[str]:
     pinned = [f"{name}: {value}" for name, value in pinned_facts.items()]
-    pinned_keys = {_squash(p) for p in pinned}
-    stale_prefixes = tuple(_squash(f"{name}:") for name in pinned_facts)
+    pinned_keys = {fold(p, spaces=False) for p in pinned}
+    stale_prefixes = tuple(fold(f"{name}:", spaces=False) for name in pinned_facts)
     extra = []
     for fact in others:
-        key = _squash(fact)
+        key = fold(fact, spaces=False)
         # "name: old value" from an earlier fold is superseded by the slot's current value.
         if key in pinned_keys or key.startswith(stale_prefixes):
             continue
@@ -538,11 +496,11 @@ def _extractive_topics(chunks: Sequence[SummaryChunk], per_fold: int = 5) -> lis
     counts: Counter[str] = Counter()
     first_seen: dict[str, int] = {}
     for chunk in chunks:
-        for term in dict.fromkeys(_terms(_strip_label(chunk["text"]))):
-            # Identifiers, numbers and addresses are facts, not topics; short Latin words are
-            # too vague to name one.
-            identifier = any(ch.isdigit() or ch == "@" for ch in term)
-            if identifier or (term.isascii() and len(term) < 3):
+        # Identifiers, numbers and addresses are facts, not topics (taken out whole, so that
+        # no part of an address becomes one); short Latin words are too vague to name one.
+        text = _IDENTIFIER.sub(" ", _strip_label(chunk["text"]))
+        for term in dict.fromkeys(_terms(text)):
+            if any(ch.isdigit() for ch in term) or (term.isascii() and len(term) < 3):
                 continue
             counts[term] += 1
             first_seen.setdefault(term, len(first_seen))
@@ -554,7 +512,7 @@ def _questions_in(chunks: Sequence[SummaryChunk]) -> list[str]:
     return [
         s
         for chunk in chunks
-        for s in _split_sentences(_strip_label(chunk["text"]))
+        for s in split_sentences(_strip_label(chunk["text"]))
         if s.endswith(_QUESTION_END)
     ]
 
@@ -569,11 +527,11 @@ def _question_lists(
     if pending_questions is None:
         # Without the tracker's pending list nothing can be said about what got answered.
         return resolved, open_questions
-    pending_keys = {_squash(q) for q in pending_questions}
+    pending_keys = {fold(q, spaces=False) for q in pending_questions}
     for question in open_questions + _questions_in(chunks):
-        if _squash(question) not in pending_keys:
+        if fold(question, spaces=False) not in pending_keys:
             resolved.append(question)
-    open_questions = [q for q in open_questions if _squash(q) in pending_keys]
+    open_questions = [q for q in open_questions if fold(q, spaces=False) in pending_keys]
     open_questions.extend(pending_questions)
     return resolved, open_questions
 
@@ -619,7 +577,7 @@ def _model_draft(
     except Exception:  # any model failure falls back to the extractive fold
         logger.warning("model L2 fold failed; folding extractively", exc_info=True)
         return None
-    draft = _parse_draft(_text(reply))
+    draft = _parse_draft(message_text(reply))
     if draft is None:
         logger.warning("model L2 fold returned no valid JSON; folding extractively")
     return draft

@@ -6,8 +6,9 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 
-from nodes.slot_rules import is_question, normalize_text, split_sentences
+from nodes.slot_rules import is_question
 from nodes.state import PendingQuestion
+from nodes.text import CONTENT_STOPWORDS, fold, normalize_text, split_sentences, terms
 
 __all__ = [
     "MAX_ENTITIES",
@@ -17,7 +18,6 @@ __all__ = [
     "extract_entities",
     "next_topic",
     "resolve_pending",
-    "terms",
     "update_entities",
 ]
 
@@ -36,23 +36,6 @@ def _wordset(words: str) -> frozenset[str]:
     return frozenset(words.split())
 
 
-_STOP = _wordset(
-    """a an the and or but if then so of to in on at by for with from about into over after
-    before as is are was were be been being am do does did done have has had having i me my
-    mine we us our you your yours he him his she her it its they them their this that these
-    those there here what which who whom whose when where why how can could would will shall
-    should may might must not no yes ok okay please thanks thank hi hello hey just also very
-    really too more most some any all each every other such only own same than up down out
-    off again further once now today tomorrow yesterday i'm i've i'd i'll you're it's that's
-    don't doesn't didn't can't won't isn't aren't let let's like want need know think tell
-    give get got make go going come help sure well right good great much many one two lot
-    something anything everything nothing thing things way answer question reply say said
-    again also maybe still even yet"""
-)
-_ZH_FUNCTION = frozenset(
-    "的了吗呢吧啊呀嘛么是在我你您他她它们这那个一些什么怎么为什么如何可以能会要想请帮给和与及或也都就"
-    "还很太把被让对从到于有没不过着吧哦嗯好就"
-)
 # The lookbehinds keep matching linear on long digit or letter runs.
 _WORD = re.compile(
     r"(?<![A-Za-z0-9'’\-])[A-Za-z][A-Za-z0-9'’\-]*|(?<![A-Za-z0-9])\d+[A-Za-z][A-Za-z0-9\-]*"
@@ -63,27 +46,18 @@ _WH = re.compile(
 )
 
 
-def _stem(word: str) -> str:
-    word = word.lower().replace("’", "'")
-    if word.endswith("'s"):
-        word = word[:-2]
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 4 and word.endswith(("ses", "xes", "zes", "ches", "shes")):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-        return word[:-1]
-    return word
+def _is_stopword(word: str) -> bool:
+    return word.lower() in CONTENT_STOPWORDS
 
 
 def _cjk_chunks(text: str) -> list[str]:
     # Chinese has no spaces: breaking CJK runs at function characters leaves content chunks
-    # ("我在写市场报告" -> "写市场报告"), good enough for overlap and short phrases.
+    # ("我在写市场报告" -> "写市场报告"), good enough for short phrases.
     chunks: list[str] = []
     for run in _CJK_RUN.findall(text):
         current = ""
         for ch in run:
-            if ch in _ZH_FUNCTION:
+            if ch in CONTENT_STOPWORDS:
                 if len(current) >= 2:
                     chunks.append(current)
                 current = ""
@@ -94,20 +68,9 @@ def _cjk_chunks(text: str) -> list[str]:
     return chunks
 
 
-def terms(text: str) -> set[str]:
-    """Content terms of a text: stemmed English words and CJK character bigrams.
-
-    Args:
-        text: Any text.
-
-    Returns:
-        The set of terms, stop words and function characters left out.
-    """
-    text = normalize_text(text)[:_MAX_CHARS]
-    out = {_stem(w) for w in _WORD.findall(text) if w.lower() not in _STOP and len(w) > 1}
-    for chunk in _cjk_chunks(text):
-        out.update(chunk[i : i + 2] for i in range(len(chunk) - 1))
-    return out
+def _terms(text: str) -> set[str]:
+    # What a text is about, as a set: overlaps between sets decide topics and answers.
+    return set(terms(normalize_text(text)[:_MAX_CHARS], stopwords=CONTENT_STOPWORDS))
 
 
 # -- topic -----------------------------------------------------------------------------------
@@ -163,7 +126,7 @@ def _phrases(text: str) -> list[str]:
             run: list[str] = []
             for word in re.findall(r"\S+", part):
                 core = word.strip(".!?'’")
-                if _WORD.fullmatch(core) and core.lower() not in _STOP and len(core) > 1:
+                if _WORD.fullmatch(core) and not _is_stopword(core) and len(core) > 1:
                     run.append(core)
                     continue
                 if run:
@@ -177,16 +140,16 @@ def _phrases(text: str) -> list[str]:
 
 def _salient_phrase(user_texts: Sequence[str], exclude: Sequence[str] = ()) -> str | None:
     latest = normalize_text(user_texts[-1])
-    excluded = set().union(*(terms(value) for value in exclude)) if exclude else set()
+    excluded = set().union(*(_terms(value) for value in exclude)) if exclude else set()
     weights: dict[str, float] = {}
     # The latest turn counts fully and earlier ones less, so the phrase tracks what the user is
     # talking about now while words that keep coming back weigh more.
     for age, text in enumerate(reversed(user_texts)):
-        for term in terms(text):
+        for term in _terms(text):
             weights[term] = weights.get(term, 0.0) + 1.0 / (1 + age)
     best: tuple[float, str] | None = None
     for phrase in _phrases(latest):
-        phrase_terms = terms(phrase)
+        phrase_terms = _terms(phrase)
         if not phrase_terms or phrase_terms <= excluded:
             continue
         # Mean weight, so a long phrase does not win by length alone; a small bonus per term
@@ -230,15 +193,15 @@ def next_topic(
             if m:
                 raw = m.group("topic") or m.groupdict().get("topic2") or ""
                 topic = _shorten(_WANT.sub("", raw.strip(), count=1))
-                if terms(topic):
+                if _terms(topic):
                     return topic
     if task:
         return _task_topic(task)
     candidate = _salient_phrase(user_texts, exclude)
     if current is None or candidate is None:
         return current if candidate is None else candidate
-    recent = set().union(*(terms(t) for t in user_texts[-2:]))
-    if terms(current) & recent:
+    recent = set().union(*(_terms(t) for t in user_texts[-2:]))
+    if _terms(current) & recent:
         return current
     return candidate
 
@@ -272,7 +235,7 @@ _NOT_ENTITY = _wordset(
 
 def _keep_capitalised(span: str, sentence_start: bool) -> str | None:
     words = span.split()
-    while words and (words[0].lower() in _STOP or words[0].lower() in _NOT_ENTITY):
+    while words and (_is_stopword(words[0]) or words[0].lower() in _NOT_ENTITY):
         words.pop(0)
         sentence_start = False
     if not words:
@@ -385,7 +348,7 @@ def detect_questions(text: str, *, exclude: Iterable[str] = ()) -> list[str]:
     for sentence in split_sentences(normalize_text(text)[:_MAX_CHARS]):
         if sentence in skipped or not is_question(sentence):
             continue
-        if not terms(sentence) and not _WH.search(sentence):
+        if not _terms(sentence) and not _WH.search(sentence):
             continue
         out.append(sentence[:_MAX_QUESTION_CHARS])
     return out
@@ -411,8 +374,8 @@ def add_pending(
     """
     out = list(pending)
     for question in questions:
-        key = " ".join(question.casefold().split())
-        out = [q for q in out if " ".join(q["text"].casefold().split()) != key]
+        key = fold(question)
+        out = [q for q in out if fold(q["text"]) != key]
         out.append(PendingQuestion(text=question, turn=turn))
     return out[-limit:] if limit > 0 else []
 
@@ -464,10 +427,10 @@ def resolve_pending(
     reply = normalize_text(reply_text or "").strip()
     if not pending or finish_reason == "length" or not reply or _asks_back(reply):
         return pending
-    reply_terms = terms(reply)
+    reply_terms = _terms(reply)
     kept: list[PendingQuestion] = []
     for question in pending:
-        question_terms = terms(question["text"])
+        question_terms = _terms(question["text"])
         if not question_terms:
             answered = question["turn"] == turn
         else:

@@ -1,87 +1,16 @@
-"""Keyword side of hybrid retrieval: English/Chinese tokenization and BM25 scoring."""
+"""Keyword side of hybrid retrieval: BM25 scoring over the terms of ``nodes.text.terms``."""
 
 from __future__ import annotations
 
 import math
-import re
-import threading
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-import snowballstemmer
+from nodes.text import terms
 
-__all__ = ["BM25Scorer", "TokenizedDoc", "tokenize", "tokenize_doc"]
-
-# Han, Hiragana/Katakana, Hangul and the CJK compatibility blocks: scripts written without spaces.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002a6df"
-_TOKEN_RE = re.compile(rf"[{_CJK}]+|[^\W_{_CJK}]+(?:'[^\W_{_CJK}]+)*")
-_CJK_RE = re.compile(rf"[{_CJK}]")
-
-# Function words that carry no topic; kept short on purpose (BM25's IDF handles the rest).
-_STOPWORD_TEXT = """
-a an and are as at be been but by did do does for from had has have he her hers him his i if
-in into is it its me my of on or our she so than that the their them then there these they
-this those to was we were what when where which who whom why will with you your yours s t
-just about also very really oh yeah
-"""
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-
-_stemmer_local = threading.local()
-
-
-def _stemmer() -> snowballstemmer.stemmer:
-    # Snowball stemmer objects keep per-call state, so each thread gets its own.
-    stemmer = getattr(_stemmer_local, "stemmer", None)
-    if stemmer is None:
-        stemmer = snowballstemmer.stemmer("english")
-        _stemmer_local.stemmer = stemmer
-    return stemmer
-
-
-@lru_cache(maxsize=65536)
-def _stem(word: str) -> str:
-    return str(_stemmer().stemWord(word))
-
-
-def _cjk_grams(run: str) -> list[str]:
-    # Character bigrams (as Lucene's CJK analyzer does): no dictionary, no network, and
-    # robust for Chinese words of two characters, the most common length.
-    if len(run) == 1:
-        return [run]
-    return [run[i : i + 2] for i in range(len(run) - 1)]
-
-
-def tokenize(text: str) -> list[str]:
-    """Split text into index terms.
-
-    Latin-script words are lowercased, stripped of possessive ``'s``, filtered against a short
-    stop list and Snowball-stemmed; runs of CJK characters become overlapping character
-    bigrams (a lone character stays a unigram). Digits are kept, so dates and order numbers
-    match.
-
-    Args:
-        text: Any text.
-
-    Returns:
-        The terms, in text order (duplicates kept: they are term frequencies).
-    """
-    normalized = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'")
-    terms: list[str] = []
-    for match in _TOKEN_RE.finditer(normalized):
-        token = match.group()
-        if _CJK_RE.match(token):
-            terms.extend(_cjk_grams(token))
-            continue
-        if token.endswith("'s"):
-            token = token[:-2]
-        token = token.replace("'", "")
-        if not token or token in _STOPWORDS:
-            continue
-        terms.append(_stem(token) if token.isalpha() else token)
-    return terms
+__all__ = ["BM25Scorer", "TokenizedDoc", "tokenize_doc"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +31,8 @@ def tokenize_doc(text: str) -> TokenizedDoc:
     Returns:
         Its term frequencies and length in terms.
     """
-    terms = tokenize(text)
-    return TokenizedDoc(Counter(terms), len(terms))
+    found = terms(text)
+    return TokenizedDoc(Counter(found), len(found))
 
 
 class BM25Scorer:
@@ -151,7 +80,7 @@ class BM25Scorer:
         fixed floor: 0 shares no term, values near 1 contain every query term many times.
 
         Args:
-            query_terms: Terms of the query (``tokenize(query)``).
+            query_terms: Terms of the query (``terms(query)``).
 
         Returns:
             One normalized score per document, in the order given.

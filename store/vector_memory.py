@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,7 +20,8 @@ from chromadb.config import Settings
 
 from nodes.errors import ThreadDeletedError
 from nodes.memory import Embedder, MemoryHit, MemoryRecord
-from store.lexical import BM25Scorer, tokenize, tokenize_doc
+from nodes.text import terms, word_key
+from store.lexical import BM25Scorer, tokenize_doc
 
 __all__ = ["DEFAULT_COLLECTION", "ChromaMemory", "stamp_text"]
 
@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_COLLECTION = "steadychat_memory"
 _RESERVED = frozenset({"thread_id", "user_id", "turn", "role", "timestamp"})
-_WS_RE = re.compile(r"\W+")
 
 
 def stamp_text(text: str, timestamp: str | None) -> str:
@@ -426,7 +425,7 @@ class ChromaMemory:
             stamp_text(doc or "", _str_or_none(meta.get("timestamp")))
             for doc, meta in zip(documents, metadatas, strict=True)
         ]
-        lexical = BM25Scorer([tokenize_doc(t) for t in indexed]).scores(tokenize(query))
+        lexical = BM25Scorer([tokenize_doc(t) for t in indexed]).scores(terms(query))
 
         depth = min(len(ids), max(self._candidates, 4 * k))
         query_vector = self._embedder.embed_query(query)
@@ -537,23 +536,23 @@ class _NearDuplicates:
         self._keys: set[str] = set()
         self._by_prefix: dict[str, list[frozenset[str]]] = {}
 
-    def _prefix(self, terms: frozenset[str]) -> list[str]:
-        size = len(terms) - math.ceil(self._threshold * len(terms) - 1e-9) + 1
-        return sorted(terms)[: max(size, 1)]
+    def _prefix(self, words: frozenset[str]) -> list[str]:
+        size = len(words) - math.ceil(self._threshold * len(words) - 1e-9) + 1
+        return sorted(words)[: max(size, 1)]
 
     def check_and_add(self, text: str) -> bool:
-        key = _WS_RE.sub(" ", text.lower()).strip()
+        key = word_key(text)
         if key in self._keys:
             return True
-        terms = frozenset(tokenize_doc(text).terms)
-        prefix = self._prefix(terms) if terms else []
+        words = frozenset(tokenize_doc(text).terms)
+        prefix = self._prefix(words) if words else []
         for term in prefix:
             for other in self._by_prefix.get(term, ()):
-                if len(terms & other) / len(terms | other) >= self._threshold:
+                if len(words & other) / len(words | other) >= self._threshold:
                     return True
         self._keys.add(key)
         for term in prefix:
-            self._by_prefix.setdefault(term, []).append(terms)
+            self._by_prefix.setdefault(term, []).append(words)
         return False
 
 

@@ -44,6 +44,7 @@ from graph.errors import ServiceError, ThreadNotFoundError
 from graph.service import ChatService
 from graph.views import TurnResult
 from nodes.context import Context
+from nodes.text import message_text
 
 logger = logging.getLogger("steadychat.api.openai")
 
@@ -426,7 +427,7 @@ def _add_usage(first: Usage, second: Usage) -> Usage:
 def _with_json_instruction(messages: list[BaseMessage]) -> list[BaseMessage]:
     # One leading system message only: several chat templates accept no other.
     if messages and isinstance(messages[0], SystemMessage):
-        head = SystemMessage(content=f"{messages[0].content}\n\n{JSON_INSTRUCTION}")
+        head = SystemMessage(content=f"{message_text(messages[0])}\n\n{JSON_INSTRUCTION}")
         return [head, *messages[1:]]
     return [SystemMessage(content=JSON_INSTRUCTION), *messages]
 
@@ -443,7 +444,7 @@ async def _complete_stateless(
         messages = _with_json_instruction(messages)
     reply = await service.complete(messages, **kwargs)
     outcome = _Outcome(
-        text=str(reply.content),
+        text=message_text(reply),
         finish_reason=_finish_reason(reply.response_metadata.get("finish_reason")),
         usage=_usage_from_metadata(reply),
     )
@@ -455,7 +456,7 @@ async def _complete_stateless(
     retry = [*messages, AIMessage(content=outcome.text), HumanMessage(content=JSON_CORRECTION)]
     await _check_context_length(service, retry, _max_tokens(body))
     second = await service.complete(retry, **kwargs)
-    if (parsed := _json_object(str(second.content))) is None:
+    if (parsed := _json_object(message_text(second))) is None:
         raise _invalid_json_error()
     return _Outcome(
         text=parsed,
@@ -592,8 +593,8 @@ async def _stateless_pieces(
     finish_reason = "stop"
     chunk = first
     while chunk is not None:
-        if chunk.content:
-            yield str(chunk.content)
+        if text := message_text(chunk):
+            yield text
         if chunk.usage_metadata:
             usage = _usage_from_metadata(chunk)
         if reason := chunk.response_metadata.get("finish_reason"):

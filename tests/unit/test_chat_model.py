@@ -14,10 +14,11 @@ import pytest
 import torch
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from graph.chat_model import QwenChatModel, StopSequenceFilter, ThinkStripper
+from graph.chat_model import QwenChatModel, StopSequenceFilter
 from graph.loading import load_chat_model
 from graph.settings import Settings
 from graph.tiny_model import is_complete_model_dir
+from nodes.text import ThinkStripper
 
 
 @dataclass

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage
+from langchain_core.outputs import ChatGenerationChunk
 from langgraph.runtime import Runtime
+from pydantic import PrivateAttr
 
 from nodes.context import Context
-from nodes.errors import ContextOverflowError
-from nodes.generate_reply import make_generate_reply
+from nodes.errors import ContextOverflowError, TurnCancelled
+from nodes.generate_reply import REPLY_DELTA, make_generate_reply
 from nodes.state import ChatState, Snippet
 from tests.fakes import ScriptedChatModel
 
@@ -109,3 +113,42 @@ def test_old_memos_are_dropped_before_the_state_block() -> None:
     system = str(model.history[-1]["messages"][0].content)
     assert "Ada" in system and "item number 40" in system
     assert account["total"] <= 700 - 64
+
+
+def test_the_reply_is_written_to_the_stream_as_it_is_saved() -> None:
+    model = ScriptedChatModel(default="  Hello there friend. Hello there friend. Bye for now.  ")
+    written: list[Any] = []
+    node = make_generate_reply(model, profile_max_new_tokens=lambda _p: 32)
+    state = {"messages": [HumanMessage("hi", id="h1")], "turn": 1}
+    out = node(state, Runtime(context=Context(), stream_writer=written.append))  # type: ignore[arg-type]
+    deltas = [event[REPLY_DELTA] for event in written]
+    assert len(deltas) > 2  # piece by piece, not the whole reply at the end
+    assert "".join(deltas) == out["messages"][0].content == "Hello there friend. Bye for now."
+
+
+class _ClosableModel(ScriptedChatModel):
+    """Streams its words and notes how many it produced and whether its stream was closed."""
+
+    _produced: list[str] = PrivateAttr(default_factory=list)
+    _closed: threading.Event = PrivateAttr(default_factory=threading.Event)
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        try:
+            for chunk in super()._stream(*args, **kwargs):
+                self._produced.append(str(chunk.message.content))
+                yield chunk
+        finally:
+            self._closed.set()
+
+
+def test_a_cancelled_turn_stops_reading_and_closes_the_model_stream() -> None:
+    model = _ClosableModel(default=" ".join(f"word{i}" for i in range(50)))
+    cancel = threading.Event()
+    node = make_generate_reply(model, profile_max_new_tokens=lambda _p: 64)
+    state = {"messages": [HumanMessage("hi", id="h1")], "turn": 1}
+    runtime = Runtime(context=Context(cancel_event=cancel), stream_writer=lambda _e: cancel.set())
+    with pytest.raises(TurnCancelled):
+        node(state, runtime)  # type: ignore[arg-type]
+    assert model._closed.is_set()
+    assert len(model._produced) < 10
+    assert model.history[-1]["kwargs"]["cancel_event"] is cancel

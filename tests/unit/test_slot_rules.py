@@ -11,9 +11,9 @@ from nodes.slot_rules import (
     extract_rule_slots,
     is_question,
     memo_key,
-    normalize_text,
     style_dimension,
 )
+from nodes.text import normalize_text
 
 # A Monday, so weekday arithmetic is easy to check by hand.
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

@@ -10,8 +10,9 @@ import pytest
 
 from nodes.errors import ThreadDeletedError
 from nodes.memory import MemoryRecord, MemoryStore
+from nodes.text import terms
 from store.embeddings import CharFrequencyEmbedder
-from store.lexical import BM25Scorer, tokenize, tokenize_doc
+from store.lexical import BM25Scorer, tokenize_doc
 from store.vector_memory import ChromaMemory, stamp_text
 
 
@@ -245,19 +246,19 @@ def test_bad_input_gets_clear_errors(memory: ChromaMemory) -> None:
 
 
 def test_tokenizer_stems_english_and_splits_chinese_into_bigrams() -> None:
-    assert tokenize("She was painting sunsets at the lake's edge") == [
+    assert terms("She was painting sunsets at the lake's edge") == [
         "paint",
         "sunset",
         "lake",
         "edg",
     ]
-    assert tokenize("北京烤鸭") == ["北京", "京烤", "烤鸭"]
-    assert tokenize("订单 B-20931") == ["订单", "b", "20931"]
+    assert terms("北京烤鸭") == ["北京", "京烤", "烤鸭"]
+    assert terms("订单 B-20931") == ["订单", "b", "20931"]
 
 
 def test_bm25_score_is_normalized_and_rewards_rare_terms() -> None:
     docs = [tokenize_doc(t) for t in ["the cat sat", "the dog sat", "a cat and a dog"]]
-    scores = BM25Scorer(docs).scores(tokenize("dog"))
+    scores = BM25Scorer(docs).scores(terms("dog"))
     assert scores[0] == 0.0
     assert all(0.0 <= s < 1.0 for s in scores)
     assert scores[1] > 0 and scores[2] > 0
