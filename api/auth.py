@@ -72,7 +72,7 @@ def get_owner(
     Raises:
         ApiError: 401 (type "authentication_error") for a missing or unknown key.
     """
-    keyring: KeyRing = getattr(request.app.state, "keyring", None) or KeyRing()
+    keyring: KeyRing = request.app.state.keyring
     if not keyring.enabled:
         return ANONYMOUS
     if credentials is None:

@@ -21,7 +21,7 @@ from sse_starlette import EventSourceResponse, JSONServerSentEvent, ServerSentEv
 from starlette.background import BackgroundTask
 
 from api.auth import ANONYMOUS, OwnerDep
-from api.deps import ConfigDep, MetricsDep, ServiceDep
+from api.deps import ApiConfig, ConfigDep, MetricsDep, ServiceDep
 from api.errors import ApiError, ErrorResponse, error_body, service_error_to_api
 from api.idempotency import REPLAY_HEADER, Claim, claim_for_request
 from api.logging import bind_thread
@@ -110,22 +110,6 @@ class _Outcome:
     finish_reason: str
     usage: Usage
     extension: SteadychatExtension | None = None
-
-
-def _loaded_model_id(request: Request) -> str:
-    # The configured model (hub id, local path or "tiny"); an app built without settings
-    # serves whatever model it was handed, named after the project.
-    value = getattr(getattr(request.app.state, "settings", None), "model", None)
-    return value if isinstance(value, str) and value else "steadychat"
-
-
-def _model_created(request: Request) -> int:
-    # The loaded model has no publication date; the time the app first answered is stable
-    # for the life of the process, which is what clients caching model lists need.
-    state = request.app.state
-    if not hasattr(state, "openai_models_created"):
-        state.openai_models_created = int(time.time())
-    return int(state.openai_models_created)
 
 
 def _invalid(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
@@ -279,15 +263,13 @@ async def _check_context_length(
     The prompt is tokenized in a worker thread: a request body of a few MB takes seconds to
     tokenize, which on the event loop would stall every other request and stream.
     """
-    model = getattr(service, "chat_model", None)
-    if model is None:
-        return
-    # The deployment's window (settings) may be smaller than what the model itself accepts.
-    limits = (getattr(model, "context_window", None), service.context().context_window)
-    sizes = [size for size in limits if isinstance(size, int)]
-    if not sizes:
-        return
-    window = min(sizes)
+    model = service.chat_model
+    # The deployment's window (settings) may be smaller than what the model itself accepts;
+    # chat models declare their own window only when they know it (docs/CONTRACTS.md).
+    window = service.context().context_window
+    own = getattr(model, "context_window", None)
+    if isinstance(own, int):
+        window = min(window, own)
     prompt = await asyncio.to_thread(model.get_num_tokens_from_messages, messages)
     requested = prompt + (limit or 0)
     if prompt >= window or requested > window:
@@ -340,14 +322,14 @@ async def _ensure_thread(service: ChatService, thread_id: str, owner: str) -> No
         await service.ensure_thread(thread_id, owner=owner)
 
 
-def _usage_from_metadata(message: BaseMessage) -> Usage:
-    meta = getattr(message, "usage_metadata", None) or {}
-    prompt = int(meta.get("input_tokens", 0))
-    completion = int(meta.get("output_tokens", 0))
+def _usage_from_metadata(message: AIMessage) -> Usage:
+    meta = message.usage_metadata
+    if meta is None:
+        return Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
     return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=int(meta.get("total_tokens", prompt + completion)),
+        prompt_tokens=meta["input_tokens"],
+        completion_tokens=meta["output_tokens"],
+        total_tokens=meta["total_tokens"],
     )
 
 
@@ -709,7 +691,7 @@ async def create_chat_completion(
     if thread_id is not None:
         bind_thread(thread_id)
     _check_request(body)
-    model = body.model or _loaded_model_id(request)
+    model = body.model or config.model
     json_mode = body.response_format is not None and body.response_format.type == "json_object"
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -814,9 +796,9 @@ _MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
 @router.get(
     "/models", response_model=ModelList, responses=_MODEL_ERRORS, summary="List the loaded model"
 )
-async def list_models(request: Request, owner: OwnerDep) -> ModelList:
+async def list_models(request: Request, config: ConfigDep, owner: OwnerDep) -> ModelList:
     """List the one model this server has loaded."""
-    return ModelList(object="list", data=[_model_card(request)])
+    return ModelList(object="list", data=[_model_card(request, config)])
 
 
 @router.get(
@@ -825,9 +807,11 @@ async def list_models(request: Request, owner: OwnerDep) -> ModelList:
     responses={**_MODEL_ERRORS, 404: {"model": ErrorResponse, "description": "Unknown model"}},
     summary="Describe a model",
 )
-async def get_model(model_id: str, request: Request, owner: OwnerDep) -> ModelCard:
+async def get_model(
+    model_id: str, request: Request, config: ConfigDep, owner: OwnerDep
+) -> ModelCard:
     """Describe the loaded model; any other id is 404 ``model_not_found``."""
-    card = _model_card(request)
+    card = _model_card(request, config)
     if model_id != card.id:
         raise ApiError(
             404,
@@ -838,10 +822,9 @@ async def get_model(model_id: str, request: Request, owner: OwnerDep) -> ModelCa
     return card
 
 
-def _model_card(request: Request) -> ModelCard:
+def _model_card(request: Request, config: ApiConfig) -> ModelCard:
+    # The loaded model has no publication date; the time the app was built is stable for the
+    # life of the process, which is what clients caching model lists need.
     return ModelCard(
-        id=_loaded_model_id(request),
-        object="model",
-        created=_model_created(request),
-        owned_by="steadychat",
+        id=config.model, object="model", created=request.app.state.started_at, owned_by="steadychat"
     )

@@ -70,8 +70,7 @@ def _context(service: ChatService, body: MessageCreate, owner: str) -> Context:
     if body.max_tokens is not None:
         overrides["max_new_tokens"] = body.max_tokens
     # The service's defaults carry the deployment's settings (context window, budgets, top_k).
-    make = getattr(service, "context", None)
-    return make(**overrides) if callable(make) else Context(**overrides)
+    return service.context(**overrides)
 
 
 def _check_length(body: MessageCreate, config: ApiConfig) -> None:
