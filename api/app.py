@@ -20,7 +20,7 @@ from api.errors import BodyLimitMiddleware, CatchAllMiddleware, register_error_h
 from api.idempotency import IdempotencyCache
 from api.logging import RequestIdMiddleware
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import health, openai, threads
+from api.routes import health, openai, profiles, threads
 from graph.service import ChatService
 from graph.settings import Settings
 
@@ -147,6 +147,7 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
     register_error_handlers(app)
     app.include_router(threads.router)
     app.include_router(openai.router)
+    app.include_router(profiles.router)
     app.include_router(health.router)
     _mount_static(app, STATIC_DIR)
     _openapi_without_422(app)

@@ -22,6 +22,8 @@ class ApiConfig:
     api_keys: tuple[str, ...]
     max_message_chars: int
     busy_policy: Literal["wait", "reject"]
+    default_profile: str
+    """The generation profile of a request that names none."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiConfig:
@@ -38,6 +40,7 @@ class ApiConfig:
             api_keys=tuple(settings.api_keys),
             max_message_chars=settings.max_message_chars,
             busy_policy=settings.busy_policy,
+            default_profile=settings.default_profile,
         )
 
 

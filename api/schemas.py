@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from graph.views import CheckpointView, ThreadRecord, ThreadView, TurnResult
+from nodes.profiles import PROFILES
 
-Profile = Literal["general", "professional", "creative", "precise"]
+# The names come from nodes.profiles: a Literal built from them validates, documents (an enum
+# in the OpenAPI document) and words its errors as a written-out one would. mypy cannot read a
+# Literal built at run time, so it checks the names as plain strings.
+if TYPE_CHECKING:
+    ProfileName = str
+else:
+    ProfileName = Literal[tuple(PROFILES)]
 
 MAX_TITLE_CHARS = 200
 MAX_STOP_SEQUENCES = 4
@@ -128,7 +135,9 @@ class MessageCreate(_Request):
 
     content: StrictStr = Field(description="The user's message.")
     stream: StrictBool = Field(default=False, description="Answer as server-sent events.")
-    profile: Profile | None = Field(default=None, description="Generation profile.")
+    profile: ProfileName | None = Field(
+        default=None, description="Generation profile (``GET /profiles`` lists them)."
+    )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     max_tokens: int | None = Field(default=None, ge=1, le=32_768)
@@ -256,6 +265,24 @@ class SlotsPublic(BaseModel):
     """A thread's slots after a correction."""
 
     slots: dict[str, SlotPublic]
+
+
+class ProfilePublic(BaseModel):
+    """A generation profile: the sampling settings a turn that names it starts from."""
+
+    name: str
+    temperature: float = Field(description="0 decodes greedily.")
+    top_p: float
+    top_k: int = Field(description="0 turns top-k filtering off.")
+    repetition_penalty: float
+    max_new_tokens: int = Field(description="Reply length limit; a request's max_tokens wins.")
+
+
+class ProfileList(BaseModel):
+    """The generation profiles a request may name, and the one a request without a name gets."""
+
+    default: str
+    data: list[ProfilePublic]
 
 
 class HealthPublic(BaseModel):

@@ -80,8 +80,8 @@ turn's `context_account` (in the finishing chunk when streamed). A thread of ano
 answers 404.
 
 `model` may be any name: one model is loaded and the name is echoed back. `user` names the
-end user whose memory the turn reads and writes. `profile` (general, professional, creative,
-precise) picks a generation profile. `n` must be 1.
+end user whose memory the turn reads and writes. `profile` (one of those `GET /profiles` lists)
+picks a generation profile. `n` must be 1.
 
 `response_format: {"type": "json_object"}`: a reply that does not parse as one JSON object is
 retried once with a corrective instruction (in a thread the retry is a turn of its own). If it
