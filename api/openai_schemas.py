@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas import ProfileName
+from api.schemas import ProfileName, Usage
 
 StopText = Annotated[str, Field(min_length=1)]
 
@@ -81,14 +81,6 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     profile: ProfileName | None = None
     """steadychat extension: the generation profile (``GET /profiles`` lists them)."""
-
-
-class Usage(BaseModel):
-    """Token counts of one completion, in the model's own tokens."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 class SteadychatExtension(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -168,11 +169,22 @@ class MessageCreate(_Request):
 
 
 class Usage(BaseModel):
-    """Tokens of one turn."""
+    """Tokens of one turn or completion, in the model's own tokens."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+    @classmethod
+    def of(cls, counts: Mapping[str, int]) -> Usage:
+        """Build from the service's counts (``total_tokens`` defaults to their sum)."""
+        prompt = int(counts.get("prompt_tokens", 0))
+        completion = int(counts.get("completion_tokens", 0))
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=int(counts.get("total_tokens", prompt + completion)),
+        )
 
 
 class ReplyPublic(BaseModel):
@@ -188,26 +200,14 @@ class ReplyPublic(BaseModel):
     @classmethod
     def of(cls, result: TurnResult) -> ReplyPublic:
         """Build from the service's TurnResult."""
-        prompt = int(result.usage.get("prompt_tokens", 0))
-        completion = int(result.usage.get("completion_tokens", 0))
         return cls(
             thread_id=result.thread_id,
             turn=result.turn,
             reply=result.reply,
             finish_reason=result.finish_reason,
-            usage=Usage(
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                total_tokens=int(result.usage.get("total_tokens", prompt + completion)),
-            ),
+            usage=Usage.of(result.usage),
             context_account=dict(result.context_account) if result.context_account else None,
         )
-
-
-class TokenEvent(BaseModel):
-    """Data of an SSE ``token`` event."""
-
-    text: str
 
 
 class CheckpointPublic(BaseModel):
