@@ -50,14 +50,7 @@ class ThreadPublic(BaseModel):
     @classmethod
     def of(cls, info: ThreadRecord) -> ThreadPublic:
         """Build from a thread record."""
-        return cls(
-            thread_id=info.thread_id,
-            title=info.title,
-            created_at=info.created_at,
-            updated_at=info.updated_at,
-            turns=info.turns,
-            metadata=dict(info.metadata),
-        )
+        return cls.model_validate(info, from_attributes=True)
 
 
 class ThreadList(BaseModel):
@@ -224,15 +217,7 @@ class CheckpointPublic(BaseModel):
     @classmethod
     def of(cls, view: CheckpointView) -> CheckpointPublic:
         """Build from the service's CheckpointView."""
-        return cls(
-            checkpoint_id=view.checkpoint_id,
-            created_at=view.created_at,
-            step=view.step,
-            source=view.source,
-            turn=view.turn,
-            next=list(view.next),
-            messages=view.messages,
-        )
+        return cls.model_validate(view, from_attributes=True)
 
 
 class HistoryPublic(BaseModel):
