@@ -81,7 +81,7 @@ class Claim:
     _settled: bool = False
 
     def finish(self, result: Any) -> None:
-        """Remember ``result`` for retries with the same key and body."""
+        """Remember ``result`` for retries with the same key and body (shared: never change it)."""
         if self.cache is not None and self.slot is not None and not self._settled:
             self._settled = True
             self.cache._finish(self.slot, result)

@@ -108,7 +108,9 @@ class TurnScope:
         metrics: The app's metrics.
     """
 
-    def __init__(self, request: Request, response: Response, *, owner: str, metrics: Metrics):
+    def __init__(
+        self, request: Request, response: Response, *, owner: str, metrics: Metrics
+    ) -> None:
         self._request = request
         self._response = response
         self._owner = owner
