@@ -18,6 +18,7 @@ from api.app import create_app
 from graph.compose import open_service
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
+from tests.sse import sse_events
 
 THREAD = "shared-thread"
 SECRET = "device lost at /srv/secret"
@@ -95,18 +96,7 @@ async def send(client: httpx.AsyncClient, name: str, key: str | None = None) -> 
 
 
 def events(response: httpx.Response) -> list[tuple[str, str]]:
-    """(event name, data) of every server-sent event, in order."""
-    found = []
-    for block in response.text.replace("\r\n", "\n").split("\n\n"):
-        name, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[len("event:") :].strip()
-            elif line.startswith("data:"):
-                data.append(line[len("data:") :].removeprefix(" "))
-        if data:
-            found.append((name, "\n".join(data)))
-    return found
+    return sse_events(response.text)
 
 
 def reply_of(response: httpx.Response) -> str:
