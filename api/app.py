@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -21,11 +20,9 @@ from api.errors import BodyLimitMiddleware, CatchAllMiddleware, register_error_h
 from api.idempotency import IdempotencyCache
 from api.logging import RequestIdMiddleware
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import health, threads
+from api.routes import health, openai, profiles, threads
 from graph.service import ChatService
-
-if TYPE_CHECKING:
-    from graph.settings import Settings
+from graph.settings import Settings
 
 logger = logging.getLogger("steadychat.api")
 
@@ -38,22 +35,10 @@ _INVALID_REQUEST = {
 }
 
 
-def _queue_depth(app: FastAPI, metrics: Metrics) -> float:
-    # Prefer the service's own count (turns waiting on a thread lock or the model); the API's
-    # count of turns without a first token yet is the fallback.
-    waiting = getattr(getattr(app.state, "service", None), "waiting_turns", None)
-    if isinstance(waiting, int | float):
-        return float(waiting)
-    return float(metrics.turns_waiting)
-
-
-def _include_optional_router(app: FastAPI, module_name: str) -> None:
-    # The /v1 router is written separately; the app must still build while it is absent.
-    if importlib.util.find_spec(module_name) is None:
-        logger.info("%s not present; its routes are not served", module_name)
-        return
-    module = importlib.import_module(module_name)
-    app.include_router(module.router)
+def _queue_depth(app: FastAPI) -> float:
+    # Turns waiting for their thread's lock; none before the lifespan has opened the service.
+    service: ChatService | None = app.state.service
+    return float(service.waiting_turns) if service is not None else 0.0
 
 
 def _mount_static(app: FastAPI, directory: Path) -> None:
@@ -116,15 +101,13 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
             open on shutdown. When None, the lifespan opens one with
             ``open_service(settings)`` and closes it on shutdown.
         settings: The settings; when None they are read from the environment
-            (``STEADYCHAT_*``) at startup.
+            (``STEADYCHAT_*``).
 
     Returns:
         The FastAPI app. ``app.state`` holds ``service``, ``settings``, ``api_config``,
-        ``metrics``, ``keyring`` and ``idempotency``.
+        ``metrics``, ``keyring``, ``idempotency`` and ``started_at`` (Unix seconds).
     """
-    if settings is None and service is None:
-        from graph.settings import Settings
-
+    if settings is None:
         settings = Settings()
     config = ApiConfig.from_settings(settings)
 
@@ -152,19 +135,19 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
         version="0.1.0",
         lifespan=lifespan,
     )
-    metrics = Metrics(queue_depth=lambda: _queue_depth(app, metrics))
+    metrics = Metrics(queue_depth=lambda: _queue_depth(app))
     app.state.service = service
     app.state.settings = settings
     app.state.api_config = config
     app.state.metrics = metrics
     app.state.keyring = KeyRing(config.api_keys)
-    app.state.idempotency = IdempotencyCache(
-        max_entries=config.idempotency_max_keys, ttl_s=config.idempotency_ttl_s
-    )
+    app.state.idempotency = IdempotencyCache()
+    app.state.started_at = int(time.time())
 
     register_error_handlers(app)
     app.include_router(threads.router)
-    _include_optional_router(app, "api.routes.openai")
+    app.include_router(openai.router)
+    app.include_router(profiles.router)
     app.include_router(health.router)
     _mount_static(app, STATIC_DIR)
     _openapi_without_422(app)

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.errors import ApiError
+from api.errors import NO_RETRY, ApiError
 
 ANONYMOUS = "anonymous"
 
@@ -72,27 +72,27 @@ def get_owner(
     Raises:
         ApiError: 401 (type "authentication_error") for a missing or unknown key.
     """
-    keyring: KeyRing = getattr(request.app.state, "keyring", None) or KeyRing()
+    keyring: KeyRing = request.app.state.keyring
     if not keyring.enabled:
         return ANONYMOUS
     if credentials is None:
-        raise ApiError(
-            401,
-            "Missing API key: send 'Authorization: Bearer <key>'.",
-            type="authentication_error",
-            code="missing_api_key",
-            headers={"WWW-Authenticate": "Bearer", "x-should-retry": "false"},
-        )
+        message = "Missing API key: send 'Authorization: Bearer <key>'."
+        raise _unauthorized(message, "missing_api_key")
     owner = keyring.owner(credentials.credentials)
     if owner is None:
-        raise ApiError(
-            401,
-            "Invalid API key.",
-            type="authentication_error",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer", "x-should-retry": "false"},
-        )
+        raise _unauthorized("Invalid API key.", "invalid_api_key")
     return owner
+
+
+def _unauthorized(message: str, code: str) -> ApiError:
+    # A retry with the same key would only be refused again.
+    return ApiError(
+        401,
+        message,
+        type="authentication_error",
+        code=code,
+        headers={"WWW-Authenticate": "Bearer", **NO_RETRY},
+    )
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]

@@ -10,13 +10,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 if TYPE_CHECKING:
-    from graph.chat_model import QwenChatModel
     from graph.settings import Settings
 
 __all__ = [
     "SUBCOMMANDS",
     "Conversation",
-    "LocalConversation",
     "ServiceConversation",
     "Subcommand",
     "main",
@@ -112,49 +110,6 @@ class Conversation(Protocol):
     def set_profile(self, name: str) -> None:
         """Switch the generation profile; raises ``ValueError`` for an unknown name."""
         ...
-
-
-class LocalConversation:
-    """A conversation kept in memory and sent whole to the chat model each turn."""
-
-    def __init__(self, model: QwenChatModel, *, profile: str = "general") -> None:
-        from nodes.profiles import get_profile
-
-        get_profile(profile)
-        self._model = model
-        self._profile = profile
-        self._messages: list = []
-
-    @property
-    def profile(self) -> str:
-        """The current generation profile."""
-        return self._profile
-
-    def set_profile(self, name: str) -> None:
-        """Switch the generation profile for later replies."""
-        from nodes.profiles import get_profile
-
-        get_profile(name)
-        self._profile = name
-
-    def reset(self) -> None:
-        """Forget every earlier message."""
-        self._messages.clear()
-
-    def stream(self, text: str) -> Iterator[str]:
-        """Stream the reply to ``text``; the exchange is kept only if the reply completes."""
-        from langchain_core.messages import AIMessage, HumanMessage
-
-        from nodes.text import message_text
-
-        messages = [*self._messages, HumanMessage(text)]
-        parts: list[str] = []
-        for chunk in self._model.stream(messages, profile=self._profile):
-            piece = message_text(chunk)
-            if piece:
-                parts.append(piece)
-                yield piece
-        self._messages.extend([messages[-1], AIMessage("".join(parts))])
 
 
 def run_chat(conversation: Conversation, *, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +28,9 @@ logger = logging.getLogger("steadychat.api")
 # Clients such as the openai package retry 409 and 5xx on their own; a busy thread or a
 # rejected key would only be hit again, so these answers tell them not to.
 NO_RETRY = {"x-should-retry": "false"}
+
+CLIENT_CLOSED_REQUEST = 499
+"""Status logged for a call whose client left before the reply (nginx's convention)."""
 
 
 class ErrorDetail(BaseModel):
@@ -105,6 +108,10 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+class ClientDisconnected(Exception):
+    """The client left before its answer was ready: nothing is sent, the log says 499."""
+
+
 def service_error_to_api(exc: ServiceError) -> ApiError:
     """Map an error raised by ``ChatService`` to the HTTP error a client sees.
 
@@ -133,6 +140,27 @@ def service_error_to_api(exc: ServiceError) -> ApiError:
     if isinstance(exc, TurnCancelledError):
         return ApiError(409, message, code="turn_cancelled", headers=NO_RETRY)
     return ApiError(400, message, code="invalid_request")
+
+
+def stream_error_body(exc: BaseException) -> dict[str, Any]:
+    """The error body for a failure after a stream has started, when no status can be sent.
+
+    Args:
+        exc: What went wrong; anything but a service or API error is logged and not shown.
+
+    Returns:
+        The error body in OpenAI's shape.
+    """
+    if isinstance(exc, ServiceError):
+        exc = service_error_to_api(exc)
+    if isinstance(exc, ApiError):
+        return exc.body()
+    logger.error("streamed turn failed", exc_info=exc)
+    return error_body(
+        "The server had an error while generating the reply.",
+        type="server_error",
+        code="internal_error",
+    )
 
 
 _STATUS_CODES = {
@@ -178,6 +206,10 @@ async def _service_error_handler(request: Request, exc: Exception) -> JSONRespon
     return service_error_to_api(exc).response()
 
 
+async def _client_disconnected_handler(request: Request, exc: Exception) -> Response:
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message, param, code = _validation_message(exc)
@@ -209,6 +241,7 @@ def register_error_handlers(app: FastAPI) -> None:
     """
     app.add_exception_handler(ApiError, _api_error_handler)
     app.add_exception_handler(ServiceError, _service_error_handler)
+    app.add_exception_handler(ClientDisconnected, _client_disconnected_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
 

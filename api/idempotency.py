@@ -36,6 +36,10 @@ __all__ = [
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
+MAX_KEYS = 10_000
+"""Keys an app remembers at most; the least recently used go first."""
+KEY_TTL_S = 24 * 3600.0
+"""Seconds a key is remembered: a day outlasts any client's retries."""
 
 T = TypeVar("T")
 
@@ -77,7 +81,7 @@ class Claim:
     _settled: bool = False
 
     def finish(self, result: Any) -> None:
-        """Remember ``result`` for retries with the same key and body."""
+        """Remember ``result`` for retries with the same key and body (shared: never change it)."""
         if self.cache is not None and self.slot is not None and not self._settled:
             self._settled = True
             self.cache._finish(self.slot, result)
@@ -101,8 +105,8 @@ class IdempotencyCache:
     def __init__(
         self,
         *,
-        max_entries: int = 10_000,
-        ttl_s: float = 24 * 3600,
+        max_entries: int = MAX_KEYS,
+        ttl_s: float = KEY_TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_entries < 1 or ttl_s <= 0:
@@ -208,9 +212,9 @@ async def claim_for_request(request: Request, *, owner: str, payload: Any) -> Cl
         A Claim.
     """
     key = _read_key(request)
-    cache: IdempotencyCache | None = getattr(request.app.state, "idempotency", None)
-    if key is None or cache is None:
+    if key is None:
         return Claim(None, None)
+    cache: IdempotencyCache = request.app.state.idempotency
     route = request.scope.get("route")
     scope = f"{request.method} {getattr(route, 'path', request.url.path)}:{request.url.path}"
     return await cache.claim(owner=owner, scope=scope, key=key, body_hash=fingerprint(payload))

@@ -22,12 +22,11 @@ class Metrics:
     One instance per app, so tests can build many apps without clashing on the global registry.
 
     Args:
-        queue_depth: Returns the number of turns waiting for a thread lock or the model; read
-            at scrape time. Defaults to the turns the API has started that have not produced a
-            first token yet.
+        queue_depth: Returns the number of turns waiting for their thread's lock; read at
+            scrape time.
     """
 
-    def __init__(self, *, queue_depth: Callable[[], float] | None = None) -> None:
+    def __init__(self, *, queue_depth: Callable[[], float]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "steadychat_http_requests",
@@ -71,13 +70,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        self.turns_waiting = 0
         self.queue_depth = Gauge(
             "steadychat_queue_depth",
             "Turns waiting for a thread lock or the model.",
             registry=self.registry,
         )
-        self.queue_depth.set_function(queue_depth or (lambda: float(self.turns_waiting)))
+        self.queue_depth.set_function(queue_depth)
         self.turns_in_flight = Gauge(
             "steadychat_turns_in_flight",
             "Turns accepted by the API and not finished yet.",
@@ -99,7 +97,7 @@ class Metrics:
 
 
 class TurnTimer:
-    """Tracks one turn for the metrics: waiting, first token, finish."""
+    """Tracks one turn for the metrics: in flight, first token, finish."""
 
     def __init__(self, metrics: Metrics, *, mode: str) -> None:
         self.metrics = metrics
@@ -107,19 +105,13 @@ class TurnTimer:
         self.started = time.perf_counter()
         self._waiting = True
         self._done = False
-        metrics.turns_waiting += 1
         metrics.turns_in_flight.inc()
 
     def first_token(self) -> None:
-        """Note the first token (ends the waiting time, observes TTFT once)."""
-        if self._waiting:
-            self._stop_waiting()
-            self.metrics.ttft_seconds.observe(time.perf_counter() - self.started)
-
-    def _stop_waiting(self) -> None:
-        if self._waiting:
+        """Note the first token (observes TTFT once)."""
+        if self._waiting and not self._done:
             self._waiting = False
-            self.metrics.turns_waiting -= 1
+            self.metrics.ttft_seconds.observe(time.perf_counter() - self.started)
 
     def finish(self, outcome: str, usage: dict[str, int] | None = None) -> None:
         """Close the turn once: latency for successful turns, tokens, outcome count.
@@ -131,7 +123,6 @@ class TurnTimer:
         if self._done:
             return
         self._done = True
-        self._stop_waiting()
         self.metrics.turns_in_flight.dec()
         self.metrics.turns.labels(outcome=outcome).inc()
         if outcome == "ok":

@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Profile = Literal["general", "professional", "creative", "precise"]
+from api.schemas import ProfileName, Usage
+
 StopText = Annotated[str, Field(min_length=1)]
 
 
@@ -78,16 +79,8 @@ class ChatCompletionRequest(BaseModel):
     """Becomes the user id memory is kept under (stateful calls)."""
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    profile: Profile | None = None
-    """steadychat extension: the generation profile (general, professional, creative, precise)."""
-
-
-class Usage(BaseModel):
-    """Token counts of one completion, in the model's own tokens."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+    profile: ProfileName | None = None
+    """steadychat extension: the generation profile (``GET /profiles`` lists them)."""
 
 
 class SteadychatExtension(BaseModel):

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from graph.views import CheckpointView, ThreadRecord, ThreadView, TurnResult
+from nodes.profiles import PROFILES
 
-Profile = Literal["general", "professional", "creative", "precise"]
+# The names come from nodes.profiles: a Literal built from them validates, documents (an enum
+# in the OpenAPI document) and words its errors as a written-out one would. mypy cannot read a
+# Literal built at run time, so it checks the names as plain strings.
+if TYPE_CHECKING:
+    ProfileName = str
+else:
+    ProfileName = Literal[tuple(PROFILES)]
 
 MAX_TITLE_CHARS = 200
 MAX_STOP_SEQUENCES = 4
@@ -42,14 +50,7 @@ class ThreadPublic(BaseModel):
     @classmethod
     def of(cls, info: ThreadRecord) -> ThreadPublic:
         """Build from a thread record."""
-        return cls(
-            thread_id=info.thread_id,
-            title=info.title,
-            created_at=info.created_at,
-            updated_at=info.updated_at,
-            turns=info.turns,
-            metadata=dict(info.metadata),
-        )
+        return cls.model_validate(info, from_attributes=True)
 
 
 class ThreadList(BaseModel):
@@ -128,7 +129,9 @@ class MessageCreate(_Request):
 
     content: StrictStr = Field(description="The user's message.")
     stream: StrictBool = Field(default=False, description="Answer as server-sent events.")
-    profile: Profile | None = Field(default=None, description="Generation profile.")
+    profile: ProfileName | None = Field(
+        default=None, description="Generation profile (``GET /profiles`` lists them)."
+    )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     max_tokens: int | None = Field(default=None, ge=1, le=32_768)
@@ -159,11 +162,22 @@ class MessageCreate(_Request):
 
 
 class Usage(BaseModel):
-    """Tokens of one turn."""
+    """Tokens of one turn or completion, in the model's own tokens."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+    @classmethod
+    def of(cls, counts: Mapping[str, int]) -> Usage:
+        """Build from the service's counts (``total_tokens`` defaults to their sum)."""
+        prompt = int(counts.get("prompt_tokens", 0))
+        completion = int(counts.get("completion_tokens", 0))
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=int(counts.get("total_tokens", prompt + completion)),
+        )
 
 
 class ReplyPublic(BaseModel):
@@ -179,26 +193,14 @@ class ReplyPublic(BaseModel):
     @classmethod
     def of(cls, result: TurnResult) -> ReplyPublic:
         """Build from the service's TurnResult."""
-        prompt = int(result.usage.get("prompt_tokens", 0))
-        completion = int(result.usage.get("completion_tokens", 0))
         return cls(
             thread_id=result.thread_id,
             turn=result.turn,
             reply=result.reply,
             finish_reason=result.finish_reason,
-            usage=Usage(
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                total_tokens=int(result.usage.get("total_tokens", prompt + completion)),
-            ),
+            usage=Usage.of(result.usage),
             context_account=dict(result.context_account) if result.context_account else None,
         )
-
-
-class TokenEvent(BaseModel):
-    """Data of an SSE ``token`` event."""
-
-    text: str
 
 
 class CheckpointPublic(BaseModel):
@@ -215,15 +217,7 @@ class CheckpointPublic(BaseModel):
     @classmethod
     def of(cls, view: CheckpointView) -> CheckpointPublic:
         """Build from the service's CheckpointView."""
-        return cls(
-            checkpoint_id=view.checkpoint_id,
-            created_at=view.created_at,
-            step=view.step,
-            source=view.source,
-            turn=view.turn,
-            next=list(view.next),
-            messages=view.messages,
-        )
+        return cls.model_validate(view, from_attributes=True)
 
 
 class HistoryPublic(BaseModel):
@@ -256,6 +250,24 @@ class SlotsPublic(BaseModel):
     """A thread's slots after a correction."""
 
     slots: dict[str, SlotPublic]
+
+
+class ProfilePublic(BaseModel):
+    """A generation profile: the sampling settings a turn that names it starts from."""
+
+    name: str
+    temperature: float = Field(description="0 decodes greedily.")
+    top_p: float
+    top_k: int = Field(description="0 turns top-k filtering off.")
+    repetition_penalty: float
+    max_new_tokens: int = Field(description="Reply length limit; a request's max_tokens wins.")
+
+
+class ProfileList(BaseModel):
+    """The generation profiles a request may name, and the one a request without a name gets."""
+
+    default: str
+    data: list[ProfilePublic]
 
 
 class HealthPublic(BaseModel):

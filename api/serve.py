@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from api.app import create_app
-from api.deps import ApiConfig
 from api.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -24,15 +23,14 @@ def build_server(settings: Settings) -> uvicorn.Server:
     Returns:
         A ``uvicorn.Server``; ``run()`` blocks, ``should_exit = True`` stops it.
     """
-    config = ApiConfig.from_settings(settings)
-    configure_logging(config.log_level)
+    configure_logging(settings.log_level)
     app = create_app(settings=settings)
     return uvicorn.Server(
         uvicorn.Config(
             app,
-            host=config.host,
-            port=config.port,
-            log_level=config.log_level.lower(),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
             # One process: the model and the per-thread locks live in it (scale out with
             # PostgreSQL + a Chroma server + several processes instead).
             workers=1,

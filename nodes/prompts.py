@@ -29,7 +29,7 @@ _COMMON_FORMAT = (
     "Use short paragraphs for long answers, numbered steps or bullets for procedures and lists.",
 )
 
-VARIANTS: dict[str, PromptVariant] = {
+PROFILE_PROMPTS: dict[str, PromptVariant] = {
     "general": PromptVariant(
         role="You are steadychat, a friendly and knowledgeable assistant. Keep a warm, "
         "professional tone.",
@@ -60,6 +60,11 @@ VARIANTS: dict[str, PromptVariant] = {
         rules=(*_COMMON_RULES, "Give the shortest complete answer; no speculation."),
         format=_COMMON_FORMAT,
     ),
+}
+"""The prompt of each generation profile, by the profile's name in ``nodes.profiles``; a
+profile without one of its own gets the general prompt."""
+
+PERSONAS: dict[str, PromptVariant] = {
     "customer_service": PromptVariant(
         role="You are steadychat, a patient customer-service agent. You help customers with "
         "orders, tickets, accounts and products.",
@@ -73,6 +78,9 @@ VARIANTS: dict[str, PromptVariant] = {
         format=(*_COMMON_FORMAT, "End with a clear next step when something is still open."),
     ),
 }
+"""Prompt variants that are not profiles: ``Context.persona`` picks one whatever the profile."""
+
+_VARIANTS = {**PROFILE_PROMPTS, **PERSONAS}
 
 
 def system_prompt(profile: str, *, persona: str | None = None, role: str | None = None) -> str:
@@ -87,11 +95,11 @@ def system_prompt(profile: str, *, persona: str | None = None, role: str | None 
         ValueError: ``persona`` names no variant.
     """
     name = persona or profile
-    if name not in VARIANTS:
+    if name not in _VARIANTS:
         if persona is not None:
-            raise ValueError(f"unknown persona {persona!r}; choose one of {sorted(VARIANTS)}")
+            raise ValueError(f"unknown persona {persona!r}; choose one of {sorted(_VARIANTS)}")
         name = "general"
-    variant = VARIANTS[name]
+    variant = _VARIANTS[name]
     rules = "\n".join(f"- {rule}" for rule in variant.rules)
     fmt = "\n".join(f"- {item}" for item in variant.format)
     return f"# Role\n{role or variant.role}\n\n# Rules\n{rules}\n\n# Format\n{fmt}"

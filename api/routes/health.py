@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from typing import Any
 
@@ -13,6 +12,7 @@ from fastapi.responses import JSONResponse
 from api.deps import MetricsDep
 from api.metrics import CONTENT_TYPE_LATEST
 from api.schemas import HealthPublic, ReadinessPublic
+from graph.service import ChatService
 
 logger = logging.getLogger("steadychat.api.health")
 
@@ -27,19 +27,11 @@ async def healthz() -> HealthPublic:
     return HealthPublic(status="ok")
 
 
-async def _checks(service: Any) -> tuple[dict[str, bool], dict[str, str]]:
+async def _checks(service: ChatService | None) -> tuple[dict[str, bool], dict[str, str]]:
     if service is None:
         return {"service": False}, {"service": "not started"}
-    readiness = getattr(service, "ready", None)
-    if readiness is not None:
-        outcome = readiness()
-        if inspect.isawaitable(outcome):
-            outcome = await outcome
-        checks = {str(k): bool(v) for k, v in dict(outcome).items()}
-        return checks, {k: "failed" for k, ok in checks.items() if not ok}
-    # Without a readiness probe on the service, a cheap read proves the thread store answers.
-    await service.list_threads(owner="__readyz__", limit=1, offset=0)
-    return {"service": True, "stores": True}, {}
+    checks = await service.ready()
+    return checks, {name: "failed" for name, ok in checks.items() if not ok}
 
 
 @router.get(
@@ -49,7 +41,7 @@ async def _checks(service: Any) -> tuple[dict[str, bool], dict[str, str]]:
 )
 async def readyz(request: Request) -> Any:
     """Readiness: 200 when the model is loaded and the stores answer, else 503."""
-    service = getattr(request.app.state, "service", None)
+    service: ChatService | None = request.app.state.service
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             checks, detail = await _checks(service)

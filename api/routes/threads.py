@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Iterable
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Path, Query, Request, Response, status
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 
-from api.auth import ANONYMOUS, OwnerDep
-from api.deps import ApiConfig, ConfigDep, MetricsDep, ServiceDep
-from api.errors import ApiError, ErrorResponse, error_body, service_error_to_api
-from api.idempotency import REPLAY_HEADER, Claim, claim_for_request, run_once
+from api.auth import OwnerDep
+from api.deps import ApiConfig, ConfigDep, ServiceDep
+from api.errors import ApiError, ErrorResponse
+from api.idempotency import REPLAY_HEADER, run_once
 from api.logging import bind_thread
-from api.metrics import TurnTimer
 from api.schemas import (
     CheckpointPublic,
     HistoryPublic,
@@ -30,10 +28,7 @@ from api.schemas import (
     ThreadList,
     ThreadPublic,
 )
-from graph.errors import ServiceError
-from graph.service import ChatService
-from graph.views import TurnEvent
-from nodes.context import Context
+from api.turn import Pieces, TurnDep, turn_context, turn_pieces
 
 logger = logging.getLogger("steadychat.api.threads")
 
@@ -47,31 +42,8 @@ router = APIRouter(prefix="/threads", tags=["threads"], responses=_ERRORS)
 
 ThreadId = Annotated[str, Path(min_length=1, max_length=128, description="The thread's id.")]
 
-
-def _user_id(owner: str, requested: str | None) -> str:
-    # With keys on, a tenant's end users live under the tenant, so one tenant can never name
-    # another tenant's user and read its cross-thread memory.
-    if owner == ANONYMOUS:
-        return requested or ANONYMOUS
-    return f"{owner}:{requested}" if requested else owner
-
-
-def _context(service: ChatService, body: MessageCreate, owner: str) -> Context:
-    overrides: dict[str, Any] = {"user_id": _user_id(owner, body.user_id)}
-    generation = {
-        name: getattr(body, name)
-        for name in ("temperature", "top_p", "seed", "stop")
-        if getattr(body, name) is not None
-    }
-    if generation:
-        overrides["generation"] = generation
-    if body.profile is not None:
-        overrides["profile"] = body.profile
-    if body.max_tokens is not None:
-        overrides["max_new_tokens"] = body.max_tokens
-    # The service's defaults carry the deployment's settings (context window, budgets, top_k).
-    make = getattr(service, "context", None)
-    return make(**overrides) if callable(make) else Context(**overrides)
+_GENERATION = {"temperature", "top_p", "seed", "stop"}
+"""The request's sampling overrides, passed to the model as they are."""
 
 
 def _check_length(body: MessageCreate, config: ApiConfig) -> None:
@@ -194,124 +166,60 @@ async def patch_slots(
 async def post_message(
     thread_id: ThreadId,
     body: MessageCreate,
-    request: Request,
-    response: Response,
     service: ServiceDep,
     owner: OwnerDep,
     config: ConfigDep,
-    metrics: MetricsDep,
+    turn: TurnDep,
 ) -> Any:
     """Run one turn on the thread and answer with the reply (JSON or SSE)."""
     bind_thread(thread_id)
     _check_length(body, config)
-    context = _context(service, body, owner)
-    wait = config.busy_policy != "reject"
-    payload = body.model_dump(mode="json")
+    context = turn_context(
+        service,
+        owner=owner,
+        user=body.user_id,
+        profile=body.profile,
+        max_tokens=body.max_tokens,
+        generation=body.model_dump(include=_GENERATION, exclude_none=True),
+    )
+    wait = config.busy_policy == "wait"
+    await turn.claim(body.model_dump(mode="json"), stream=body.stream)
+
+    def pieces() -> Pieces[ReplyPublic]:
+        events = service.stream_turn(
+            thread_id, body.content, owner=owner, context=context, wait=wait
+        )
+        return turn_pieces(events, ReplyPublic.of)
+
+    async def reply() -> ReplyPublic:
+        result = await service.run_turn(
+            thread_id, body.content, owner=owner, context=context, wait=wait
+        )
+        return ReplyPublic.of(result)
 
     if body.stream:
-        claim = await claim_for_request(request, owner=owner, payload=payload)
-        if claim.replayed:
-            return EventSourceResponse(
-                _replay_events(claim.result), headers={REPLAY_HEADER: "true"}
-            )
-        return await _stream_reply(
-            service.stream_turn(thread_id, body.content, owner=owner, context=context, wait=wait),
-            TurnTimer(metrics, mode="stream"),
-            claim,
-        )
-
-    async def run() -> dict[str, Any]:
-        timer = TurnTimer(metrics, mode="json")
-        try:
-            result = await service.run_turn(
-                thread_id, body.content, owner=owner, context=context, wait=wait
-            )
-        except BaseException as exc:
-            timer.finish("error" if isinstance(exc, Exception) else "cancelled")
-            raise
-        reply = ReplyPublic.of(result)
-        timer.finish("ok", reply.usage.model_dump())
-        return reply.model_dump(mode="json")
-
-    result, replayed = await run_once(request, owner=owner, payload=payload, run=run)
-    if replayed:
-        response.headers[REPLAY_HEADER] = "true"
-    return result
+        return await turn.stream(pieces, _ReplyEvents())
+    # A JSON turn runs to its end even if the client leaves: a retry with the same
+    # Idempotency-Key then gets its reply instead of running the turn again.
+    return await turn.run(reply, stop_when_client_leaves=False)
 
 
-async def _close(events: AsyncIterator[TurnEvent]) -> None:
-    aclose = getattr(events, "aclose", None)
-    if aclose is not None:
-        # Shielded: on a client disconnect this runs inside a cancelled scope, and the service
-        # needs its awaits to cancel the turn and release the thread's lock.
-        with anyio.CancelScope(shield=True):
-            await aclose()
+class _ReplyEvents:
+    """REST's events: ``token`` events ``{text}``, then one ``done`` or one ``error`` event."""
 
+    sep: str | None = None
 
-async def _stream_reply(
-    events: AsyncIterator[TurnEvent], timer: TurnTimer, claim: Claim
-) -> EventSourceResponse:
-    # Wait for the first event before answering, so an unknown or busy thread still gets a
-    # plain 404/409 instead of a 200 stream that carries only an error.
-    try:
-        first = await anext(events)
-        if first.type == "error":
-            raise first.error or ServiceError("The turn failed.")
-    except BaseException as exc:
-        timer.finish("error" if isinstance(exc, Exception) else "cancelled")
-        claim.release()
-        await _close(events)
-        if isinstance(exc, StopAsyncIteration):
-            raise ApiError(500, "The turn produced no reply.", type="server_error") from exc
-        raise
-    return EventSourceResponse(_sse_events(events, first, timer, claim))
+    def opening(self) -> Iterable[ServerSentEvent]:
+        return ()
 
+    def token(self, text: str) -> Iterable[ServerSentEvent]:
+        return (ServerSentEvent(event="token", data=json.dumps({"text": text})),)
 
-async def _sse_events(
-    events: AsyncIterator[TurnEvent], first: TurnEvent, timer: TurnTimer, claim: Claim
-) -> AsyncIterator[ServerSentEvent]:
-    event = first
-    try:
-        while True:
-            if event.type == "token":
-                timer.first_token()
-                yield ServerSentEvent(event="token", data=json.dumps({"text": event.text}))
-            elif event.type == "done" and event.result is not None:
-                reply = ReplyPublic.of(event.result)
-                timer.finish("ok", reply.usage.model_dump())
-                claim.finish(reply.model_dump(mode="json"))
-                yield ServerSentEvent(event="done", data=reply.model_dump_json())
-                return
-            else:
-                error = event.error or ServiceError("The turn failed.")
-                timer.finish("error")
-                yield ServerSentEvent(
-                    event="error", data=json.dumps(service_error_to_api(error).body())
-                )
-                return
-            event = await anext(events)
-    except StopAsyncIteration:
-        timer.finish("error")
-        yield _server_error_event("The turn ended without a reply.")
-    except ServiceError as exc:
-        timer.finish("error")
-        yield ServerSentEvent(event="error", data=json.dumps(service_error_to_api(exc).body()))
-    except Exception:
-        logger.exception("streamed turn failed")
-        timer.finish("error")
-        yield _server_error_event("The server had an error while generating the reply.")
-    finally:
-        # No-ops when the turn finished; otherwise the client went away mid-stream.
-        timer.finish("cancelled")
-        claim.release()
-        await _close(events)
+    def finish(self, answer: ReplyPublic) -> Iterable[ServerSentEvent]:
+        return (ServerSentEvent(event="done", data=answer.model_dump_json()),)
 
+    def error(self, body: dict[str, Any]) -> ServerSentEvent:
+        return ServerSentEvent(event="error", data=json.dumps(body))
 
-def _server_error_event(message: str) -> ServerSentEvent:
-    body = error_body(message, type="server_error", code="internal_error")
-    return ServerSentEvent(event="error", data=json.dumps(body))
-
-
-async def _replay_events(result: dict[str, Any]) -> AsyncIterator[ServerSentEvent]:
-    yield ServerSentEvent(event="token", data=json.dumps({"text": result["reply"]}))
-    yield ServerSentEvent(event="done", data=ReplyPublic.model_validate(result).model_dump_json())
+    def closing(self) -> Iterable[ServerSentEvent]:
+        return ()

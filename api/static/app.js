@@ -1,14 +1,9 @@
 // steadychat web page: threads, streamed replies and the memory panel, over the REST API.
 "use strict";
 
-// Slider positions each profile starts from (the seeds' presets); moving a slider overrides them.
-// Mirrors graph/profiles.py: the page has no endpoint to read them from.
-const PROFILE_PRESETS = {
-  general: { temperature: 0.7, maxTokens: 1024 },
-  professional: { temperature: 0.3, maxTokens: 512 },
-  creative: { temperature: 0.9, maxTokens: 2048 },
-  precise: { temperature: 0, maxTokens: 1024 },
-};
+// Slider positions each profile starts from, read from the server (GET profiles) at start;
+// moving a slider overrides them.
+const presets = new Map();
 const KEY_STORAGE = "steadychat.apiKey";
 const SETTINGS_STORAGE = "steadychat.generation";
 const THREAD_PAGE = 100;
@@ -349,8 +344,10 @@ function generationRequest(content) {
   return {
     content,
     stream: true,
-    profile: ui.profile.value,
+    // Without the server's list (it failed to load) the server's default profile applies.
+    profile: ui.profile.value || undefined,
     temperature: Number(ui.temperature.value),
+    top_p: Number(ui.topP.value),
     max_tokens: Number(ui.maxTokens.value),
   };
 }
@@ -631,6 +628,7 @@ function renderAccount(account) {
 
 function showSliderValues() {
   ui.temperatureValue.textContent = Number(ui.temperature.value).toFixed(2);
+  ui.topPValue.textContent = Number(ui.topP.value).toFixed(2);
   ui.maxTokensValue.textContent = ui.maxTokens.value;
 }
 
@@ -638,9 +636,37 @@ function saveSettings() {
   const settings = {
     profile: ui.profile.value,
     temperature: ui.temperature.value,
+    topP: ui.topP.value,
     maxTokens: ui.maxTokens.value,
   };
   localStorage.setItem(SETTINGS_STORAGE, JSON.stringify(settings));
+}
+
+function profileLabel(name) {
+  return name.charAt(0).toUpperCase() + name.slice(1);
+}
+
+async function loadProfiles() {
+  const profiles = await api("profiles");
+  presets.clear();
+  ui.profile.replaceChildren();
+  for (const profile of profiles.data) {
+    presets.set(profile.name, profile);
+    const label = profileLabel(profile.name);
+    ui.profile.append(el("option", { text: label, attrs: { value: profile.name } }));
+  }
+  ui.profile.value = profiles.default;
+  applyPreset();
+}
+
+function applyPreset() {
+  const preset = presets.get(ui.profile.value);
+  if (preset) {
+    ui.temperature.value = String(preset.temperature);
+    ui.topP.value = String(preset.top_p);
+    ui.maxTokens.value = String(preset.max_new_tokens);
+  }
+  showSliderValues();
 }
 
 function loadSettings() {
@@ -650,21 +676,19 @@ function loadSettings() {
   } catch {
     saved = null;
   }
-  if (saved && saved.profile in PROFILE_PRESETS) {
+  if (saved && presets.has(saved.profile)) {
     ui.profile.value = saved.profile;
-    ui.temperature.value = saved.temperature;
-    ui.maxTokens.value = saved.maxTokens;
+    applyPreset();
+    // Settings saved before a slider existed keep that slider at the profile's preset.
+    if (saved.temperature !== undefined) ui.temperature.value = saved.temperature;
+    if (saved.topP !== undefined) ui.topP.value = saved.topP;
+    if (saved.maxTokens !== undefined) ui.maxTokens.value = saved.maxTokens;
   }
   showSliderValues();
 }
 
 function onProfileChange() {
-  const preset = PROFILE_PRESETS[ui.profile.value];
-  if (preset) {
-    ui.temperature.value = String(preset.temperature);
-    ui.maxTokens.value = String(preset.maxTokens);
-  }
-  showSliderValues();
+  applyPreset();
   saveSettings();
 }
 
@@ -711,6 +735,8 @@ async function start() {
     profile: "profile",
     temperature: "temperature",
     temperatureValue: "temperature-value",
+    topP: "top-p",
+    topPValue: "top-p-value",
     maxTokens: "max-tokens",
     maxTokensValue: "max-tokens-value",
     apiKey: "api-key",
@@ -738,6 +764,11 @@ async function start() {
   for (const [name, id] of Object.entries(ids)) ui[name] = document.getElementById(id);
 
   ui.apiKey.value = localStorage.getItem(KEY_STORAGE) || "";
+  try {
+    await loadProfiles();
+  } catch (error) {
+    showError(error);
+  }
   loadSettings();
   renderDetail(null);
 
@@ -745,14 +776,12 @@ async function start() {
   ui.resetThread.addEventListener("click", onResetThread);
   ui.deleteThread.addEventListener("click", onDeleteThread);
   ui.profile.addEventListener("change", onProfileChange);
-  ui.temperature.addEventListener("input", () => {
-    showSliderValues();
-    saveSettings();
-  });
-  ui.maxTokens.addEventListener("input", () => {
-    showSliderValues();
-    saveSettings();
-  });
+  for (const slider of [ui.temperature, ui.topP, ui.maxTokens]) {
+    slider.addEventListener("input", () => {
+      showSliderValues();
+      saveSettings();
+    });
+  }
   ui.apiKey.addEventListener("change", onApiKeyChange);
   ui.keyForm.addEventListener("submit", (event) => event.preventDefault());
   ui.composer.addEventListener("submit", (event) => {

@@ -24,6 +24,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from api.app import create_app
 from graph.compose import open_service
 from graph.settings import Settings
+from nodes.profiles import PROFILES, GenerationProfile
 from tests.fakes import ScriptedChatModel
 
 pytestmark = pytest.mark.slow
@@ -354,3 +355,47 @@ def test_user_text_is_shown_as_text_never_run_as_markup(page: Page, server: Serv
     expect(page.locator("#thread-list button[aria-current='true']")).to_contain_text("<img")
     assert page.locator("#messages img, #thread-list img, #memory-panel img").count() == 0
     assert page.evaluate("window.__owned === undefined")
+
+
+def test_profiles_and_their_presets_come_from_the_server(
+    page: Page, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The profile menu shows what the server lists, and each choice moves the sliders to it."""
+    # A profile only the server knows: if the page showed a list of its own, it would lack it.
+    extra = GenerationProfile(name="steady", temperature=0.25, top_p=0.55, max_new_tokens=384)
+    monkeypatch.setitem(PROFILES, "steady", extra)
+    with server.rest() as rest:
+        listing = rest.get("/profiles").json()
+    assert "steady" in [p["name"] for p in listing["data"]]
+
+    # Before any key is given (auth is on) the menu is already filled and set to the default.
+    _open(page, server.base_url + "/")
+    options = page.locator("#profile option")
+    expect(options).to_have_count(len(listing["data"]))
+    assert options.evaluate_all("(all) => all.map((o) => o.value)") == [
+        p["name"] for p in listing["data"]
+    ]
+    expect(page.locator("#profile")).to_have_value(listing["default"])
+    for profile in listing["data"]:
+        page.locator("#profile").select_option(profile["name"])
+        expect(page.locator("#temperature-value")).to_have_text(f"{profile['temperature']:.2f}")
+        expect(page.locator("#top-p-value")).to_have_text(f"{profile['top_p']:.2f}")
+        expect(page.locator("#max-tokens-value")).to_have_text(str(profile["max_new_tokens"]))
+
+    # A chosen profile's presets are what the model gets, and they survive a reload.
+    page.locator("#api-key").fill(API_KEY)
+    page.locator("#api-key").press("Enter")
+    page.locator("#profile").select_option("professional")
+    _send(page, "Hello")
+    expect(_last_assistant(page)).not_to_have_class(re.compile(r"streaming|failed"))
+    sent = server.model.history[-1]["kwargs"]
+    assert (sent["profile"], sent["temperature"], sent["top_p"], sent["max_new_tokens"]) == (
+        "professional",
+        0.3,
+        0.8,
+        512,
+    )
+    page.reload()
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    expect(page.locator("#profile")).to_have_value("professional")
+    expect(page.locator("#top-p-value")).to_have_text("0.80")

@@ -14,6 +14,7 @@ from api.app import create_app
 from graph.compose import open_service
 from graph.settings import Settings
 from tests.fakes import ScriptedChatModel
+from tests.sse import sse_events
 
 
 @pytest.fixture
@@ -33,17 +34,7 @@ async def client(tmp_path: Path, model: ScriptedChatModel) -> AsyncIterator[http
 
 def parse_sse(body: str) -> list[tuple[str, Any]]:
     """Split an SSE body into (event, decoded JSON data) pairs, in order."""
-    events: list[tuple[str, Any]] = []
-    for block in body.replace("\r\n", "\n").split("\n\n"):
-        name, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[len("event:") :].strip()
-            elif line.startswith("data:"):
-                data.append(line[len("data:") :].removeprefix(" "))
-        if data:
-            events.append((name, json.loads("\n".join(data))))
-    return events
+    return [(name, json.loads(data)) for name, data in sse_events(body)]
 
 
 async def new_thread(client: httpx.AsyncClient, **body: Any) -> str:

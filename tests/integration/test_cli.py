@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from api.cli import LocalConversation, main, run_chat
+from api.cli import main, run_chat
 from graph.chat_model import QwenChatModel
 from graph.settings import Settings
+from nodes.profiles import get_profile
 from tests.unit.test_chat_model import forced
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +54,34 @@ class FakeConversation:
         if name not in {"general", "precise"}:
             raise ValueError(f"unknown profile {name!r}")
         self.profile = name
+
+
+class LocalConversation:
+    """A conversation kept in memory and sent whole to the chat model each turn."""
+
+    def __init__(self, model: QwenChatModel, *, profile: str = "general") -> None:
+        get_profile(profile)
+        self._model = model
+        self._profile = profile
+        self._messages: list[BaseMessage] = []
+
+    def set_profile(self, name: str) -> None:
+        get_profile(name)
+        self._profile = name
+
+    def reset(self) -> None:
+        self._messages.clear()
+
+    def stream(self, text: str) -> Iterator[str]:
+        """Stream the reply to ``text``; the exchange is kept only if the reply completes."""
+        messages = [*self._messages, HumanMessage(text)]
+        parts: list[str] = []
+        for chunk in self._model.stream(messages, profile=self._profile):
+            piece = str(chunk.content)
+            if piece:
+                parts.append(piece)
+                yield piece
+        self._messages.extend([messages[-1], AIMessage("".join(parts))])
 
 
 def _chat(lines: str) -> tuple[int, FakeConversation, RecordingOut, str]:

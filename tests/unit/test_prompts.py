@@ -2,7 +2,8 @@
 
 import pytest
 
-from nodes.prompts import VARIANTS, system_prompt
+from nodes.profiles import PROFILES
+from nodes.prompts import PERSONAS, PROFILE_PROMPTS, system_prompt
 
 
 @pytest.mark.parametrize("profile", ["general", "professional", "creative", "precise"])
@@ -20,10 +21,16 @@ def test_customer_service_persona_differs_from_general() -> None:
 def test_custom_role_replaces_only_the_role_part() -> None:
     text = system_prompt("professional", role="You are the help desk of ACME.")
     assert "You are the help desk of ACME." in text
-    assert VARIANTS["professional"].role not in text
+    assert PROFILE_PROMPTS["professional"].role not in text
     assert "# Rules" in text
 
 
 def test_unknown_persona_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown persona"):
         system_prompt("general", persona="pirate")
+
+
+def test_profile_prompts_name_profiles_and_personas_are_not_profiles() -> None:
+    # The profile list lives in nodes.profiles; a prompt keyed by any other name is never used.
+    assert set(PROFILE_PROMPTS) <= set(PROFILES)
+    assert not set(PERSONAS) & set(PROFILES)
