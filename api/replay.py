@@ -115,7 +115,8 @@ def _jsonable(value: Any) -> Any:
 async def thread_state(service: ChatService, thread_id: str) -> dict[str, Any]:
     """The thread's state as JSON-ready data (slots, summaries, window, last account)."""
     view = await service.get_thread(thread_id)
-    return _jsonable(view)
+    state: dict[str, Any] = _jsonable(view)
+    return state
 
 
 def run_replay(settings: Settings, path: Path, thread_id: str, *, out: TextIO = sys.stderr) -> int:

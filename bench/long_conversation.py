@@ -46,7 +46,7 @@ async def run_naive(turns: list[str], folder: Path) -> dict[int, dict[str, float
     """StateGraph(MessagesState), one node, AsyncSqliteSaver: the whole history every turn."""
     model = ScriptedChatModel(responder=_responder)
 
-    def chat(state: MessagesState) -> dict:
+    def chat(state: MessagesState) -> dict[str, list[BaseMessage]]:
         return {"messages": [model.invoke(state["messages"])]}
 
     builder = StateGraph(MessagesState)

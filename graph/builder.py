@@ -90,7 +90,7 @@ def build_graph(deps: Deps) -> TurnGraph:
 
 
 def compile_graph(
-    deps: Deps, *, checkpointer: BaseCheckpointSaver | None = None
+    deps: Deps, *, checkpointer: BaseCheckpointSaver[Any] | None = None
 ) -> CompiledStateGraph[ChatState, Context, ChatState, ChatState]:
     """Compile the turn graph; ``checkpointer=None`` for LangGraph Studio, which brings its own."""
     return build_graph(deps).compile(checkpointer=checkpointer, name="steadychat")

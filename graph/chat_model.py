@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import LanguageModelInput
-from langchain_core.language_models.chat_models import LangSmithParams
+from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -295,7 +294,7 @@ class QwenChatModel(ChatHuggingFace):
         return self.llm.pipeline
 
     # ----------------------------------------------------------------- prompts and tokens
-    def _to_chatml_format(self, message: BaseMessage) -> dict:
+    def _to_chatml_format(self, message: BaseMessage) -> dict[str, str]:
         if isinstance(message, SystemMessage):
             role = "system"
         elif isinstance(message, HumanMessage):
@@ -331,8 +330,10 @@ class QwenChatModel(ChatHuggingFace):
 
         try:
             with self._tokenizer_lock:
-                return self.tokenizer.apply_chat_template(
-                    dicts, tokenize=False, add_generation_prompt=True, **extra
+                return str(
+                    self.tokenizer.apply_chat_template(
+                        dicts, tokenize=False, add_generation_prompt=True, **extra
+                    )
                 )
         except TemplateError as exc:
             raise ValueError(f"the model's chat template rejected these messages: {exc}") from exc
@@ -365,8 +366,10 @@ class QwenChatModel(ChatHuggingFace):
 
     def _decode(self, ids: list[int]) -> str:
         with self._tokenizer_lock:
-            return self.tokenizer.decode(
-                ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            return str(
+                self.tokenizer.decode(
+                    ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
             )
 
     # ----------------------------------------------------------------- parameters
@@ -564,7 +567,7 @@ class QwenChatModel(ChatHuggingFace):
         message = AIMessage(
             content=outcome.text,
             usage_metadata=usage,
-            response_metadata=meta,  # type: ignore[arg-type]
+            response_metadata=meta,
         )
         return ChatResult(
             generations=[ChatGeneration(message=message, generation_info=dict(meta))],
@@ -710,7 +713,7 @@ class QwenChatModel(ChatHuggingFace):
         message = AIMessage(
             content=outcome.text,
             usage_metadata=usage,
-            response_metadata=meta,  # type: ignore[arg-type]
+            response_metadata=meta,
         )
         return ChatResult(
             generations=[ChatGeneration(message=message, generation_info=dict(meta))],

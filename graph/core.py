@@ -53,7 +53,7 @@ class ServiceCore:
         *,
         graph: CompiledStateGraph[ChatState, Context, ChatState, ChatState],
         chat_model: BaseChatModel,
-        checkpointer: BaseCheckpointSaver,
+        checkpointer: BaseCheckpointSaver[Any],
         registry: ThreadRegistry,
         memory: MemoryStore | None = None,
         defaults: Context | None = None,

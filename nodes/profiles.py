@@ -118,7 +118,9 @@ def get_profile(name: str) -> GenerationProfile:
         ) from None
 
 
-def resolve_generation(profile: str | GenerationProfile = "general", **overrides: Any) -> dict:
+def resolve_generation(
+    profile: str | GenerationProfile = "general", **overrides: Any
+) -> dict[str, Any]:
     """Turn a profile plus per-call overrides into ``generate()`` keyword arguments.
 
     Args:
