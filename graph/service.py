@@ -26,14 +26,8 @@ __all__ = ["ChatService"]
 class ChatService(ThreadOperations, TurnRunner):
     """Threads, turns and stateless completions over one graph, model, checkpointer and memory.
 
-    Args:
-        graph: The turn graph compiled with ``checkpointer``.
-        chat_model: The model (stateless completions go straight to it).
-        checkpointer: The saver the graph was compiled with.
-        registry: The thread registry (owners, titles, tombstones).
-        memory: Vector memory, or None.
-        defaults: The context every turn starts from (settings-derived).
-        keep_checkpoints: Checkpoints kept per thread after each turn (0 keeps all).
+    Built from its parts as :class:`~graph.core.ServiceCore` is (the arguments are documented
+    there), or from settings by :func:`graph.compose.open_service`.
     """
 
     async def complete(self, messages: list[BaseMessage], **generation: Any) -> AIMessage:
