@@ -34,7 +34,18 @@ __all__ = [
 ]
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "locomo"
+
+
+def _default_data() -> Path:
+    # ../shared beside the checkout; a worktree may sit one folder deeper.
+    for parent in Path(__file__).resolve().parents[1:4]:
+        folder = parent / "shared" / "benchmarks" / "locomo"
+        if folder.is_dir():
+            return folder
+    return Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "locomo"
+
+
+DEFAULT_DATA = _default_data()
 BASELINES = ("sliding window", "BM25", "dense MiniLM", "RRF fusion")
 OURS = "ChromaMemory"
 _SESSION_RE = re.compile(r"^session_(\d+)$")
