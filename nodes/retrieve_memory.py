@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,7 +51,8 @@ def _snippet(hit: MemoryHit) -> Snippet:
         turn=record.turn,
         role=record.role,
         timestamp=record.timestamp,
-        score=round(float(hit.score), 4),
+        # Rounded down: a shown score used as a floor keeps the memory it came from.
+        score=math.floor(float(hit.score) * 10_000) / 10_000,
     )
 
 
