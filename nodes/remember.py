@@ -11,6 +11,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
 from nodes.context import Context
+from nodes.dates import resolve_relative_dates
 from nodes.errors import ThreadDeletedError, TurnCancelled
 from nodes.memory import MemoryRecord, MemoryStore
 from nodes.state import ChatState, Slot
@@ -96,9 +97,11 @@ def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[
     """The records one finished turn adds to memory.
 
     The user turn and the assistant reply are separate records (ids
-    ``"{thread}:{turn}:user"`` and ``"{thread}:{turn}:assistant"``); every slot whose value
-    was set this turn becomes a ``"fact"`` record with id ``"{thread}:fact:{slot}"``, so a
-    corrected value replaces the old one in memory (the old one stays in the slot's history).
+    ``"{thread}:{turn}:user"`` and ``"{thread}:{turn}:assistant"``), their relative dates
+    resolved against their own timestamps (``nodes.dates.resolve_relative_dates``); every
+    slot whose value was set this turn becomes a ``"fact"`` record with id
+    ``"{thread}:fact:{slot}"``, so a corrected value replaces the old one in memory (the old
+    one stays in the slot's history).
     Ids are deterministic, so a retried turn overwrites instead of duplicating.
 
     Args:
@@ -119,6 +122,12 @@ def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[
     timestamp = str(timestamp) if timestamp else None
     records: list[MemoryRecord] = []
     human_text, reply_text = message_text(human), message_text(reply) if reply else ""
+    reply_time = _stamp(reply, "timestamp") if reply is not None else None
+    reply_time = str(reply_time) if reply_time else timestamp
+    # What a turn says relative to its day ("yesterday", "上周") is remembered with the date it
+    # meant: recalled weeks later, it would otherwise point at the wrong day.
+    human_text = resolve_relative_dates(human_text, timestamp)
+    reply_text = resolve_relative_dates(reply_text, reply_time)
     if human_text.strip():
         records.append(
             MemoryRecord(
@@ -132,7 +141,6 @@ def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[
             )
         )
     if reply is not None and reply_text.strip():
-        reply_time = _stamp(reply, "timestamp")
         records.append(
             MemoryRecord(
                 id=f"{thread_id}:{turn}:assistant",
@@ -141,7 +149,7 @@ def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[
                 user_id=user_id,
                 turn=turn,
                 role="assistant",
-                timestamp=str(reply_time) if reply_time else timestamp,
+                timestamp=reply_time,
             )
         )
     slots: dict[str, Slot] = state.get("slots") or {}

@@ -187,3 +187,17 @@ def test_a_cancelled_turn_writes_nothing(memory: ChromaMemory) -> None:
     with pytest.raises(TurnCancelled):
         node(state, Runtime(context=Context(user_id="ann", cancel_event=cancel)), config())
     assert memory.count(thread_id="t1") == 0
+
+
+def test_relative_dates_are_remembered_with_the_day_they_meant() -> None:
+    state = turn_state(
+        4,
+        "I went to the dentist yesterday and I fly to Oslo next week.",
+        "Good luck with the trip tomorrow!",
+    )
+    user, reply = exchange_records(state, thread_id="t1", user_id="ann")
+    # STAMP is Sunday 4 May 2025; the reply has no time of its own and takes the turn's.
+    assert user.text == (
+        "I went to the dentist yesterday (3 May 2025) and I fly to Oslo next week (5-11 May 2025)."
+    )
+    assert reply.text == "Good luck with the trip tomorrow (5 May 2025)!"
