@@ -162,6 +162,15 @@ def _discard(rows: list[Any] | None, row: Any) -> None:
         del rows[at]
 
 
+def _weight(meta: dict[str, Any]) -> float:
+    # A record's own weight in (0, 1] (``extra["weight"]``) scales its score: a turn that
+    # tells nothing new (an earlier question, a generic reply) ranks below one that does.
+    weight = meta.get("weight")
+    if isinstance(weight, int | float) and not isinstance(weight, bool) and 0.0 < weight <= 1.0:
+        return float(weight)
+    return 1.0
+
+
 def _indexed_text(text: str, meta: dict[str, Any]) -> str:
     return stamp_text(text, _str_or_none(meta.get("timestamp")))
 
@@ -194,7 +203,9 @@ class ChromaMemory:
 
     **Score** (what ``min_score`` is compared with): ``w * max(cosine, 0) + (1 - w) * bm25``
     where ``bm25`` is normalized to [0, 1) by its upper bound for the query, and
-    ``w = dense_weight`` (0.4 by default). So the score lies in [0, 1). Measured with
+    ``w = dense_weight`` (0.4 by default), times the record's own weight (``extra["weight"]``,
+    in (0, 1], 1 when absent: ``nodes.remember`` lowers it for turns that tell nothing new).
+    So the score lies in [0, 1). Measured with
     all-MiniLM-L6-v2: unrelated memories score up to about 0.13, paraphrases that share no
     word with the query 0.1-0.2, memories sharing the query's key words 0.25-0.6. A floor
     of 0.1 drops most noise; above about 0.15 it starts dropping paraphrases. The default
@@ -618,9 +629,10 @@ class ChromaMemory:
         fused: dict[str, float] = {}
         for doc_id, cosine in dense.items():
             if doc_id in entries:
-                fused[doc_id] = self._dense_weight * max(cosine, 0.0) + (
-                    1.0 - self._dense_weight
-                ) * lexical.get(doc_id, 0.0)
+                fused[doc_id] = _weight(entries[doc_id].meta) * (
+                    self._dense_weight * max(cosine, 0.0)
+                    + (1.0 - self._dense_weight) * lexical.get(doc_id, 0.0)
+                )
         if self._ranking == "rrf":
             rrf: dict[str, float] = {}
             dense_rank = sorted(dense, key=lambda d: -dense[d])
