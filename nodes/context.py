@@ -25,6 +25,8 @@ class Context:
     """Recalled memories scoring below this are dropped."""
     memory_neighbours: int = 1
     """Records that follow each recalled one in its thread (the reply to a recalled question)."""
+    memory_neighbours_before: int = 0
+    """Records just before each recalled one in its thread (what a recalled reply answers)."""
     cross_thread_memory: bool = False
     """Recall from all of this user's threads, not just this one."""
     context_window: int = 8192

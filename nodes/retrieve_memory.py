@@ -126,6 +126,7 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
                     k=ctx.top_k + extra,
                     min_score=ctx.score_floor,
                     neighbours=ctx.memory_neighbours,
+                    neighbours_before=ctx.memory_neighbours_before,
                 )
                 hits = _top_memories(
                     [
@@ -148,6 +149,7 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
                     min_score=ctx.score_floor,
                     exclude_turns_from=window_start,
                     neighbours=ctx.memory_neighbours,
+                    neighbours_before=ctx.memory_neighbours_before,
                 )
         except Exception:
             logger.exception(

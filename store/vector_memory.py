@@ -153,6 +153,13 @@ class _FilterIndex:
         start = bisect.bisect_right(rows, entry.order_key(doc_id))
         return [row[2] for row in rows[start : start + 64]]
 
+    def before(self, doc_id: str) -> Iterable[str]:
+        """Ids of the records before this one in its thread's conversation order, nearest first."""
+        entry = self.entries[doc_id]
+        rows = self.conversation.get(entry.thread, [])
+        end = bisect.bisect_left(rows, entry.order_key(doc_id))
+        return [row[2] for row in reversed(rows[max(0, end - 64) : end])]
+
 
 def _discard(rows: list[Any] | None, row: Any) -> None:
     if rows is None:
@@ -542,6 +549,7 @@ class ChromaMemory:
         min_score: float = 0.0,
         exclude_turns_from: int | None = None,
         neighbours: int = 0,
+        neighbours_before: int = 0,
     ) -> list[MemoryHit]:
         """Best ``k`` records for the query, by hybrid retrieval (see the class docstring).
 
@@ -558,6 +566,9 @@ class ChromaMemory:
                 not neighbours), e.g. the reply to a recalled question. They carry the hit's
                 score and ``extra["neighbour_of"]``, obey the same filters, and do not count
                 towards ``k``.
+            neighbours_before: Likewise, the records just before each hit (nearest first),
+                e.g. the question a recalled answer answers, or the statement a reply
+                reacts to.
 
         Returns:
             Hits, best first (each followed by its neighbours), without duplicates (same or
@@ -571,8 +582,8 @@ class ChromaMemory:
             raise ValueError("search needs a thread_id or a user_id")
         if thread_id is None and exclude_turns_from is not None:
             raise ValueError("exclude_turns_from applies to one thread: pass thread_id")
-        if neighbours < 0:
-            raise ValueError(f"neighbours must be >= 0, got {neighbours}")
+        if neighbours < 0 or neighbours_before < 0:
+            raise ValueError(f"neighbours must be >= 0, got {neighbours}, {neighbours_before}")
         if k <= 0 or not query.strip():
             return []
         conditions: list[Where] = []
@@ -599,12 +610,12 @@ class ChromaMemory:
                 return []
             lexical = index.keywords.scores(terms(query), exclude=left_out)
             entries = {d: e for d, e in index.entries.items() if d not in left_out}
-            following: dict[str, list[str]] = {}
-            if neighbours > 0:
+            around: dict[str, list[str]] = {}
+            if neighbours > 0 or neighbours_before > 0:
                 for doc_id in entries:
-                    following[doc_id] = [n for n in index.after(doc_id) if n not in left_out][
-                        :neighbours
-                    ]
+                    before = [n for n in index.before(doc_id) if n not in left_out]
+                    after = [n for n in index.after(doc_id) if n not in left_out]
+                    around[doc_id] = before[:neighbours_before] + after[:neighbours]
 
         depth = min(available, max(self._candidates, 4 * k))
         query_vector = self._embedder.embed_query(query)
@@ -659,7 +670,7 @@ class ChromaMemory:
                     continue
                 taken.add(doc_id)
                 hits.append(MemoryHit(record=_record(doc_id, entry.text, entry.meta), score=score))
-            for other in following.get(doc_id, []):
+            for other in around.get(doc_id, []):
                 entry = entries[other]
                 if other in taken or seen.check_and_add(entry.text):
                     continue

@@ -459,3 +459,18 @@ def test_keyword_index_scores_as_bm25_over_the_same_documents() -> None:
     index.remove("c")
     assert "c" not in index.scores(query)
     assert len(index) == 3
+
+
+def test_neighbours_before_bring_what_a_recalled_reply_answered(memory: ChromaMemory) -> None:
+    memory.add(
+        [
+            rec("t1", 1, "Which platform for the S9?"),
+            rec("t1", 1, "Platform four, at the far end.", role="assistant"),
+            rec("t1", 2, "Thanks a lot."),
+        ]
+    )
+    hits = memory.search(
+        "platform four far end", thread_id="t1", user_id=None, k=1, neighbours_before=1
+    )
+    assert [h.record.id for h in hits] == ["t1:1:assistant", "t1:1:user"]
+    assert hits[1].record.extra["neighbour_of"] == "t1:1:assistant"
