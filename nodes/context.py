@@ -19,8 +19,8 @@ class Context:
     """System prompt variant: None picks the profile's; "customer_service" is one more."""
     system_prompt: str | None = None
     """Replaces the role part of the system prompt when given."""
-    top_k: int = 4
-    """Recalled memories per turn."""
+    top_k: int = 8
+    """Recalled memories per turn (each with its neighbours)."""
     score_floor: float = 0.0
     """Recalled memories scoring below this are dropped."""
     memory_neighbours: int = 1
