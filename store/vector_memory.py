@@ -609,13 +609,6 @@ class ChromaMemory:
             if available <= 0:
                 return []
             lexical = index.keywords.scores(terms(query), exclude=left_out)
-            entries = {d: e for d, e in index.entries.items() if d not in left_out}
-            around: dict[str, list[str]] = {}
-            if neighbours > 0 or neighbours_before > 0:
-                for doc_id in entries:
-                    before = [n for n in index.before(doc_id) if n not in left_out]
-                    after = [n for n in index.after(doc_id) if n not in left_out]
-                    around[doc_id] = before[:neighbours_before] + after[:neighbours]
 
         depth = min(available, max(self._candidates, 4 * k))
         query_vector = self._embedder.embed_query(query)
@@ -637,9 +630,36 @@ class ChromaMemory:
         if missing:
             dense.update(self._cosines(query_vector, missing))
 
+        # Only now do hits and their neighbours come out of the index, for the few taken.
+        with index.lock:
+            return self._hits(
+                index,
+                dense,
+                lexical,
+                lexical_top,
+                left_out,
+                k,
+                min_score,
+                neighbours,
+                neighbours_before,
+            )
+
+    def _hits(
+        self,
+        index: _FilterIndex,
+        dense: dict[str, float],
+        lexical: dict[str, float],
+        lexical_top: list[str],
+        left_out: set[str],
+        k: int,
+        min_score: float,
+        neighbours: int,
+        neighbours_before: int,
+    ) -> list[MemoryHit]:
+        entries = index.entries
         fused: dict[str, float] = {}
         for doc_id, cosine in dense.items():
-            if doc_id in entries:
+            if doc_id in entries and doc_id not in left_out:
                 fused[doc_id] = _weight(entries[doc_id].meta) * (
                     self._dense_weight * max(cosine, 0.0)
                     + (1.0 - self._dense_weight) * lexical.get(doc_id, 0.0)
@@ -670,7 +690,12 @@ class ChromaMemory:
                     continue
                 taken.add(doc_id)
                 hits.append(MemoryHit(record=_record(doc_id, entry.text, entry.meta), score=score))
-            for other in around.get(doc_id, []):
+            around: list[str] = []
+            if neighbours_before > 0:
+                around += [n for n in index.before(doc_id) if n not in left_out][:neighbours_before]
+            if neighbours > 0:
+                around += [n for n in index.after(doc_id) if n not in left_out][:neighbours]
+            for other in around:
                 entry = entries[other]
                 if other in taken or seen.check_and_add(entry.text):
                     continue
