@@ -393,7 +393,9 @@ def state_command(args: argparse.Namespace) -> int:
 
 
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", choices=["locomo", "long-conversation"], help="which benchmark")
+    parser.add_argument(
+        "name", choices=["locomo", "long-conversation", "memory"], help="which benchmark"
+    )
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
 
 
@@ -404,6 +406,8 @@ def bench_command(args: argparse.Namespace) -> int:
     """``steadychat bench NAME``: run one of the benchmarks under bench/."""
     if args.name == "locomo":
         from bench import locomo as module
+    elif args.name == "memory":
+        from bench import memory_latency as module  # type: ignore[no-redef]
     else:
         from bench import long_conversation as module  # type: ignore[no-redef]
     result = module.main(args.rest)

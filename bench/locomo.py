@@ -1,4 +1,4 @@
-"""LoCoMo benchmark: what a context of B tokens holds, ours and baselines side by side."""
+"""LoCoMo benchmark: what the product's prompt holds, and what B tokens hold, against baselines."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,18 @@ __all__ = [
 ]
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "locomo"
+
+
+def _default_data() -> Path:
+    # ../shared beside the checkout; a worktree may sit one folder deeper.
+    for parent in Path(__file__).resolve().parents[1:4]:
+        folder = parent / "shared" / "benchmarks" / "locomo"
+        if folder.is_dir():
+            return folder
+    return Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "locomo"
+
+
+DEFAULT_DATA = _default_data()
 BASELINES = ("sliding window", "BM25", "dense MiniLM", "RRF fusion")
 OURS = "ChromaMemory"
 _SESSION_RE = re.compile(r"^session_(\d+)$")
@@ -150,14 +162,16 @@ def fill_budget(order: Sequence[int], texts: Sequence[str], budget: int) -> list
     return taken
 
 
-def _plain_terms(text: str) -> TokenizedDoc:
+def plain_terms(text: str) -> TokenizedDoc:
+    """The baselines' terms: plain lowercase words (no stemming, no stop words)."""
     from collections import Counter
 
     terms = _WORD_RE.findall(text.lower())
     return TokenizedDoc(Counter(terms), len(terms))
 
 
-def _rrf(*rankings: Sequence[int], k: int = 60) -> list[int]:
+def rrf(*rankings: Sequence[int], k: int = 60) -> list[int]:
+    """Reciprocal rank fusion of rankings of the same items (best first)."""
     scores: dict[int, float] = {}
     for ranking in rankings:
         for rank, index in enumerate(ranking):
@@ -245,7 +259,7 @@ def evaluate(
             ]
         )
         turn_vectors = np.asarray(embedder.embed_documents(plain), dtype=np.float64)
-        bm25 = BM25Scorer([_plain_terms(t) for t in plain])
+        bm25 = BM25Scorer([plain_terms(t) for t in plain])
         embedder.prefetch([q.text for q in conv.questions])
         question_vectors = np.asarray(
             [embedder.embed_query(q.text) for q in conv.questions], dtype=np.float64
@@ -259,7 +273,7 @@ def evaluate(
                 time.perf_counter() - t0,
             )
             t0 = time.perf_counter()
-            lexical = bm25.scores(_plain_terms(question.text).terms.elements())
+            lexical = bm25.scores(plain_terms(question.text).terms.elements())
             bm25_order = sorted(range(len(turns)), key=lambda i: -lexical[i])
             rankings["BM25"] = (bm25_order, plain, time.perf_counter() - t0)
             t0 = time.perf_counter()
@@ -268,7 +282,7 @@ def evaluate(
             rankings["dense MiniLM"] = (dense_order, plain, time.perf_counter() - t0)
             t0 = time.perf_counter()
             rankings["RRF fusion"] = (
-                _rrf(bm25_order, dense_order),
+                rrf(bm25_order, dense_order),
                 plain,
                 time.perf_counter() - t0,
             )
@@ -315,7 +329,7 @@ def _table(outcomes: dict[str, Outcome], budgets: Sequence[int], category: int |
         title = f"category {category} ({CATEGORIES[category]})"
     head = " / ".join(f"B={b}" for b in budgets)
     lines = [
-        f"## {title}: {n} questions",
+        f"### store level, {title}: {n} questions",
         "",
         f"| strategy | evidence {head} | answer {head} |",
         "|---|---|---|",
@@ -342,7 +356,7 @@ def _ratio(ours: float, base: float) -> str:
 
 
 def report(outcomes: dict[str, Outcome], budgets: Sequence[int]) -> str:
-    """Format the results as Markdown tables: overall, then per category, then timings.
+    """Format the store-level results as Markdown tables: overall, per category, timings.
 
     Args:
         outcomes: What :func:`evaluate` returned.
@@ -353,15 +367,249 @@ def report(outcomes: dict[str, Outcome], budgets: Sequence[int]) -> str:
     """
     parts = [_table(outcomes, budgets, None)]
     parts += [_table(outcomes, budgets, c) for c in CATEGORIES]
-    timing = ["## retrieval time per question (median ms)", ""]
+    timing = ["### store level: retrieval time per question (median ms)", ""]
     for name, outcome in outcomes.items():
         timing.append(f"- {name}: {statistics.median(outcome.seconds) * 1000:.2f}")
     parts.append("\n".join(timing))
     return "\n\n".join(parts)
 
 
+def store_rates(outcomes: dict[str, Outcome], budgets: Sequence[int]) -> dict[str, Any]:
+    """The store-level rates as the JSON holds them (see bench/README.md for the keys).
+
+    Args:
+        outcomes: What :func:`evaluate` returned.
+        budgets: The budgets evaluated.
+
+    Returns:
+        ``{strategy: {category: {"questions", "evidence": {B: rate}, "answer": {B: rate}}}}``.
+    """
+    rates: dict[str, Any] = {}
+    for name, outcome in outcomes.items():
+        per: dict[str, Any] = {}
+        for key, category in (("all", None), *((v, k) for k, v in CATEGORIES.items())):
+            mask = None if category is None else [c == category for c in outcome.categories]
+            per[key] = {
+                "questions": len(outcome.categories) if mask is None else sum(mask),
+                "evidence": {str(b): _rate(outcome.evidence[b], mask) for b in budgets},
+                "answer": {str(b): _rate(outcome.answer[b], mask) for b in budgets},
+            }
+        rates[name] = per
+    return rates
+
+
+# -- the product path -----------------------------------------------------------------------
+
+GOAL_EVIDENCE = 0.85
+"""Evidence in the assembled prompt, all questions (issue goal)."""
+GOAL_ANSWER = 0.40
+"""Answer string in the assembled prompt, all questions (issue goal)."""
+TUNED_ON = ("conv-26", "conv-30", "conv-41", "conv-42")
+"""The conversations constants were chosen on; the others only check them."""
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def product_rates(results: Sequence[Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per-category rates of the product-path arm and of fusion at the same tokens.
+
+    Args:
+        results: ``QuestionResult`` rows (see :mod:`bench.locomo_product`).
+
+    Returns:
+        ``{"product": {category: rates}, "fusion_same_tokens": {category: rates}}`` where the
+        categories are ``all`` and the four names, and rates hold ``questions``,
+        ``evidence``, ``evidence_recalled``, ``answer``, ``prompt_tokens`` (mean),
+        ``memory_tokens`` (mean), ``recalled`` (mean snippets) and ``polluting`` (share of
+        recalled snippets that are earlier questions or replies to them).
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {"product": {}, "fusion_same_tokens": {}}
+    for key, category in (("all", None), *((v, k) for k, v in CATEGORIES.items())):
+        rows = [r for r in results if category is None or r.category == category]
+        recalled = sum(r.recalled for r in rows)
+        out["product"][key] = {
+            "questions": len(rows),
+            "evidence": _mean([r.evidence for r in rows]),
+            "evidence_recalled": _mean([r.evidence_recalled for r in rows]),
+            "answer": _mean([r.answer for r in rows]),
+            "prompt_tokens": _mean([r.prompt_tokens for r in rows]),
+            "memory_tokens": _mean([r.memory_tokens for r in rows]),
+            "recalled": _mean([r.recalled for r in rows]),
+            "polluting": sum(r.polluting for r in rows) / recalled if recalled else 0.0,
+        }
+        out["fusion_same_tokens"][key] = {
+            "questions": len(rows),
+            "evidence": _mean([r.fusion_evidence for r in rows]),
+            "evidence_recalled": _mean([r.fusion_evidence_recalled for r in rows]),
+            "answer": _mean([r.fusion_answer for r in rows]),
+            "prompt_tokens": _mean([r.prompt_tokens for r in rows]),
+            "memory_tokens": _mean([r.memory_tokens for r in rows]),
+        }
+    return out
+
+
+def product_table(title: str, rates: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A Markdown table of the product-path arm against fusion at the same token count.
+
+    Args:
+        title: Heading.
+        rates: What :func:`product_rates` returned.
+
+    Returns:
+        The table.
+    """
+    ours, base = rates["product"], rates["fusion_same_tokens"]
+    lines = [
+        f"### {title}",
+        "",
+        "| category | questions | evidence in prompt: ours / fusion | evidence recalled: ours / "
+        "fusion | answer in prompt: ours / fusion | prompt tokens | memory tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, row in ours.items():
+        other = base[key]
+        if not row["questions"]:
+            continue
+        lines.append(
+            f"| {key} | {row['questions']:.0f} | {row['evidence']:.3f} / {other['evidence']:.3f}"
+            f" | {row['evidence_recalled']:.3f} / {other['evidence_recalled']:.3f}"
+            f" | {row['answer']:.3f} / {other['answer']:.3f}"
+            f" | {row['prompt_tokens']:.0f} | {row['memory_tokens']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def in_a_row_table(title: str, rates: dict[str, dict[str, float]]) -> str:
+    """A Markdown table of the questions asked in a row (the pollution measurement).
+
+    Args:
+        title: Heading.
+        rates: ``product_rates(...)["product"]`` of the in-a-row results.
+
+    Returns:
+        The table.
+    """
+    lines = [
+        f"### {title}",
+        "",
+        "| category | questions | evidence in prompt | answer in prompt | snippets recalled | "
+        "of them earlier questions or their replies |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, row in rates.items():
+        if not row["questions"]:
+            continue
+        lines.append(
+            f"| {key} | {row['questions']:.0f} | {row['evidence']:.3f} | {row['answer']:.3f} | "
+            f"{row['recalled']:.1f} | {row['polluting']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def goals(rates: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+    """The issue's goals beside the measured values (goals, not pass/fail tests).
+
+    Args:
+        rates: What :func:`product_rates` returned.
+
+    Returns:
+        One entry per goal: ``goal``, ``target``, ``measured``, ``met``.
+    """
+    ours, base = rates["product"], rates["fusion_same_tokens"]
+    rows: list[dict[str, Any]] = [
+        {
+            "goal": "evidence in the assembled prompt, all questions",
+            "target": GOAL_EVIDENCE,
+            "measured": ours["all"]["evidence"],
+        },
+        {
+            "goal": "answer string in the assembled prompt, all questions",
+            "target": GOAL_ANSWER,
+            "measured": ours["all"]["answer"],
+        },
+    ]
+    for name in CATEGORIES.values():
+        if not ours[name]["questions"]:
+            continue
+        rows.append(
+            {
+                "goal": f"{name}: evidence in prompt at least fusion's at the same tokens",
+                "target": base[name]["evidence"],
+                "measured": ours[name]["evidence"],
+            }
+        )
+    for row in rows:
+        row["met"] = bool(row["measured"] >= row["target"])
+    return rows
+
+
+def goals_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The goals as a Markdown table."""
+    lines = ["| goal | target | measured | met |", "|---|---|---|---|"]
+    for row in rows:
+        met = "yes" if row["met"] else "no"
+        lines.append(f"| {row['goal']} | {row['target']:.3f} | {row['measured']:.3f} | {met} |")
+    return "\n".join(lines)
+
+
+def write_plot(path: Path, groups: dict[str, dict[str, Any]]) -> None:
+    """Plot the product-path arm against fusion per category, with the goals, as a PNG.
+
+    Args:
+        path: Where the PNG goes.
+        groups: ``{group name: product_rates(...)}`` (all, tuned-on, checked-on).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["all", *CATEGORIES.values()]
+    figure, axes = plt.subplots(
+        len(groups), 2, figsize=(11, 3.4 * len(groups)), squeeze=False, constrained_layout=True
+    )
+    x = np.arange(len(keys))
+    for row, (group, rates) in enumerate(groups.items()):
+        for col, (metric, goal) in enumerate(
+            (("evidence", GOAL_EVIDENCE), ("answer", GOAL_ANSWER))
+        ):
+            ax = axes[row][col]
+            ours = [rates["product"][k][metric] for k in keys]
+            base = [rates["fusion_same_tokens"][k][metric] for k in keys]
+            ax.bar(x - 0.2, ours, 0.4, label="steadychat (product path)")
+            ax.bar(x + 0.2, base, 0.4, label="fusion, same tokens")
+            ax.axhline(goal, color="grey", linestyle="--", linewidth=1, label=f"goal {goal:.2f}")
+            ax.set_xticks(x, keys)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{group}: {metric} in the assembled prompt")
+            if row == 0 and col == 0:
+                ax.legend(loc="lower right", fontsize=8)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _groups(conversations: Sequence[Conversation], tuned_on: Sequence[str]) -> dict[str, list[str]]:
+    ids = [c.conv_id for c in conversations]
+    groups = {"all": ids}
+    tuned = [i for i in ids if i in tuned_on]
+    checked = [i for i in ids if i not in tuned_on]
+    if tuned and checked:
+        groups["tuned-on"] = tuned
+        groups["checked-on"] = checked
+    return groups
+
+
+def _load_counter(model: str) -> Any:
+    from graph.loading import load_chat_model
+    from graph.settings import Settings
+
+    return load_chat_model(Settings(model=model))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m bench.locomo [--data DIR] [--budgets ...]``.
+    """Command line: ``python -m bench.locomo [--data DIR] [--json FILE] ...``.
 
     Args:
         argv: Arguments (default: ``sys.argv[1:]``).
@@ -369,58 +617,147 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Process exit status.
     """
-    parser = argparse.ArgumentParser(prog="python -m bench.locomo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="steadychat bench locomo", description=__doc__)
     parser.add_argument(
         "--data",
         type=Path,
         default=Path(os.environ.get("STEADYCHAT_LOCOMO_DIR", DEFAULT_DATA)),
-        help="folder of the LoCoMo conv-*.json files (default: ../shared/benchmarks/locomo)",
+        help="folder of LoCoMo-format conv-*.json files (default: ../shared/benchmarks/locomo)",
+    )
+    parser.add_argument("--conversations", type=int, default=None, help="only the first N")
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="only these conversations (ids like conv-26)"
+    )
+    parser.add_argument("--embedder", default="default", help="embedder name (see load_embedder)")
+    parser.add_argument(
+        "--model", default="tiny", help="chat model whose tokenizer counts the prompt"
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=["product", "store"],
+        default=["product", "store"],
+        help="the product path (replay through the service) and/or the store-level sweep",
+    )
+    parser.add_argument(
+        "--no-in-a-row",
+        action="store_true",
+        help="skip asking the questions in a row (the pollution measurement)",
+    )
+    parser.add_argument(
+        "--tuned-on",
+        nargs="+",
+        default=list(TUNED_ON),
+        help="conversations constants were chosen on; tables split tuned-on / checked-on",
     )
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 2000, 4000])
-    parser.add_argument("--conversations", type=int, default=None, help="only the first N")
-    parser.add_argument("--embedder", default="default", help="embedder name (see load_embedder)")
     parser.add_argument("--ranking", choices=["score", "rrf"], default="score")
     parser.add_argument("--dense-weight", type=float, default=0.4)
     parser.add_argument(
-        "--neighbours", type=int, default=1, help="records following each hit (see search())"
+        "--neighbours", type=int, default=1, help="store level: records following each hit"
     )
-    parser.add_argument("--json", type=Path, default=None, help="also write the rates here")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write the rates here (and a PNG beside it)"
+    )
     args = parser.parse_args(argv)
     if any(b <= 0 for b in args.budgets):
         parser.error("budgets must be positive")
     if args.neighbours < 0:
         parser.error("--neighbours must be >= 0")
     try:
-        conversations = load_conversations(args.data)[: args.conversations]
+        conversations = load_conversations(args.data)
     except FileNotFoundError as exc:
         parser.error(str(exc))
+    if args.only:
+        conversations = [c for c in conversations if c.conv_id in set(args.only)]
+    conversations = conversations[: args.conversations]
+    if not conversations:
+        parser.error("no conversation left to run")
     embedder = load_embedder(args.embedder)
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     started = time.perf_counter()
-    outcomes = evaluate(
-        conversations,
-        embedder,
-        args.budgets,
-        memory_factory=lambda e: ChromaMemory.ephemeral(
-            e, ranking=args.ranking, dense_weight=args.dense_weight
-        ),
-        neighbours=args.neighbours,
-        progress=lambda line: print(line, file=sys.stderr, flush=True),
-    )
-    print(
-        f"# LoCoMo context benchmark ({args.embedder}, ranking={args.ranking}, "
-        f"dense_weight={args.dense_weight}, neighbours={args.neighbours})\n"
-    )
-    print(report(outcomes, args.budgets))
+    data: dict[str, Any] = {
+        "version": 2,
+        "settings": {
+            "data": str(args.data),
+            "embedder": args.embedder,
+            "model": args.model,
+            "tuned_on": list(args.tuned_on),
+            "budgets": list(args.budgets),
+            "store": {
+                "ranking": args.ranking,
+                "dense_weight": args.dense_weight,
+                "neighbours": args.neighbours,
+            },
+        },
+    }
+    print(f"# LoCoMo memory benchmark ({len(conversations)} conversations, {args.embedder})\n")
+    if "product" in args.arms:
+        import asyncio
+
+        from bench.locomo_product import run_product_path
+        from graph.settings import Settings
+
+        settings = Settings()
+        forked, in_a_row = asyncio.run(
+            run_product_path(
+                conversations,
+                counter=_load_counter(args.model),
+                embedder=embedder,
+                memory=ChromaMemory.ephemeral(embedder),
+                context_window=settings.context_window,
+                service_options={},
+                sequential=not args.no_in_a_row,
+                progress=say,
+            )
+        )
+        groups: dict[str, Any] = {}
+        for name, ids in _groups(conversations, args.tuned_on).items():
+            rows = [r for r in forked if r.conv_id in ids]
+            rates = product_rates(rows)
+            entry: dict[str, Any] = {"conversations": ids, **rates}
+            print(
+                product_table(
+                    f"product path, {name} ({', '.join(ids)}): the assembled prompt", rates
+                )
+                + "\n"
+            )
+            if in_a_row:
+                row_rates = product_rates([r for r in in_a_row if r.conv_id in ids])["product"]
+                entry["product_in_a_row"] = row_rates
+                print(in_a_row_table(f"product path, {name}: questions asked in a row", row_rates))
+                print()
+            groups[name] = entry
+        data["groups"] = groups
+        data["goals"] = goals(groups["all"])
+        print("### goals (all conversations)\n")
+        print(goals_table(data["goals"]) + "\n")
+        if "checked-on" in groups:
+            data["goals_checked_on"] = goals(groups["checked-on"])
+            print("### goals (checked-on conversations only)\n")
+            print(goals_table(data["goals_checked_on"]) + "\n")
+    if "store" in args.arms:
+        outcomes = evaluate(
+            conversations,
+            embedder,
+            args.budgets,
+            memory_factory=lambda e: ChromaMemory.ephemeral(
+                e, ranking=args.ranking, dense_weight=args.dense_weight
+            ),
+            neighbours=args.neighbours,
+            progress=say,
+        )
+        print(
+            f"## store level (ranking={args.ranking}, dense_weight={args.dense_weight}, "
+            f"neighbours={args.neighbours}; len/4 tokens)\n"
+        )
+        print(report(outcomes, args.budgets))
+        data["store"] = store_rates(outcomes, args.budgets)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
-        rates = {
-            name: {
-                "evidence": {b: _rate(o.evidence[b]) for b in args.budgets},
-                "answer": {b: _rate(o.answer[b]) for b in args.budgets},
-            }
-            for name, o in outcomes.items()
-        }
-        args.json.write_text(json.dumps(rates, indent=2), encoding="utf-8")
+        args.json.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        if "groups" in data:
+            write_plot(args.json.with_suffix(".png"), {k: v for k, v in data["groups"].items()})
     return 0
 
 

@@ -79,8 +79,8 @@ class Settings(BaseSettings):
     """Recall memories from all of a user's threads, not only the current one."""
     window_tokens: int = Field(default=2048, ge=64)
     """Token budget of the verbatim window; older turns are folded into summaries beyond it."""
-    top_k: int = Field(default=4, ge=0)
-    """Memories recalled per turn."""
+    top_k: int = Field(default=8, ge=0)
+    """Memories recalled per turn (8: chosen on LoCoMo's tuned-on conversations, bench/README)."""
 
     @field_validator("device")
     @classmethod

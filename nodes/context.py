@@ -19,12 +19,14 @@ class Context:
     """System prompt variant: None picks the profile's; "customer_service" is one more."""
     system_prompt: str | None = None
     """Replaces the role part of the system prompt when given."""
-    top_k: int = 4
-    """Recalled memories per turn."""
+    top_k: int = 8
+    """Recalled memories per turn (each with its neighbours)."""
     score_floor: float = 0.0
     """Recalled memories scoring below this are dropped."""
     memory_neighbours: int = 1
     """Records that follow each recalled one in its thread (the reply to a recalled question)."""
+    memory_neighbours_before: int = 0
+    """Records just before each recalled one in its thread (what a recalled reply answers)."""
     cross_thread_memory: bool = False
     """Recall from all of this user's threads, not just this one."""
     context_window: int = 8192

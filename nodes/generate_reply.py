@@ -16,6 +16,7 @@ from langgraph.runtime import Runtime
 
 from nodes.budget import Section, assemble_prompt
 from nodes.context import Context
+from nodes.dates import readable_date
 from nodes.errors import ContextOverflowError, TurnCancelled
 from nodes.postprocess import ReplyStream
 from nodes.profiles import get_profile
@@ -79,9 +80,17 @@ def _long_summary_text(l2: LongSummary) -> str:
 
 
 def _snippet_text(s: Snippet) -> str:
+    # The date as a reader says it ("Mon 8 May 2023"), so "when" questions read off the line;
+    # relative dates inside the text were resolved when it was remembered.
+    when = ""
     stamp = s.get("timestamp")
-    when = f", {stamp[:10]}" if stamp else ""
-    return f"- [turn {s['turn']}{when}, {s['role']}] {s['text']}"
+    if stamp:
+        try:
+            day = datetime.fromisoformat(stamp).date()
+            when = f"{day:%a} {readable_date(day)}, "
+        except ValueError:
+            when = f"{stamp[:10]}, "
+    return f"- [{when}turn {s['turn']}, {s['role']}] {s['text']}"
 
 
 def memory_labels(recalled: list[Snippet]) -> list[str]:

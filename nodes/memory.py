@@ -60,13 +60,15 @@ class MemoryStore(Protocol):
         min_score: float = 0.0,
         exclude_turns_from: int | None = None,
         neighbours: int = 0,
+        neighbours_before: int = 0,
     ) -> list[MemoryHit]:
         """Best ``k`` hits for ``query``; ``thread_id=None`` searches all of ``user_id``'s threads.
 
         ``exclude_turns_from``: leave out records of this thread whose turn is >= it
         (they are still in the verbatim window). ``neighbours``: after each hit, the next this
         many records of its thread in conversation order (e.g. the reply to a recalled
-        question); they do not count towards ``k``.
+        question); ``neighbours_before``: the ones just before it (the question a recalled
+        answer answers). They follow their hit and do not count towards ``k``.
         """
         ...
 

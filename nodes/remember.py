@@ -11,12 +11,22 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
 from nodes.context import Context
+from nodes.dates import resolve_relative_dates
 from nodes.errors import ThreadDeletedError, TurnCancelled
 from nodes.memory import MemoryRecord, MemoryStore
+from nodes.slot_rules import is_question
 from nodes.state import ChatState, Slot
-from nodes.text import message_text
+from nodes.text import CONTENT_STOPWORDS, message_text, split_sentences, terms
 
-__all__ = ["exchange_records", "fact_id", "fact_record", "make_remember", "slot_memory_changes"]
+__all__ = [
+    "LOW_INFORMATION_WEIGHT",
+    "exchange_records",
+    "fact_id",
+    "fact_record",
+    "information_weight",
+    "make_remember",
+    "slot_memory_changes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +44,51 @@ def _last_exchange(
             )
             return message, reply
     return None, None
+
+
+LOW_INFORMATION_WEIGHT = 0.5
+"""Recall weight of a remembered turn that tells nothing new (see ``information_weight``)."""
+
+# What an assistant says when it has nothing to add: "I'm not sure, could you remind me?".
+_GENERIC_WORDS = """
+    ask asked asking remember recall remind note noted sure unsure understand sorry afraid
+    information info detail details share happy glad assist certain idea mention mentioned
+    clarify confirm provide check look help wow great awesome amazing cool nice
+    记得 提醒 抱歉 不好意思 信息 了解 确定 帮助 告诉 提供 确认 详细 问题 请问
+"""
+_GENERIC = frozenset(_GENERIC_WORDS.split())
+_GENERIC_TERMS = (
+    frozenset(t for word in _GENERIC for t in terms(word, stopwords=CONTENT_STOPWORDS)) | _GENERIC
+)
+
+
+def _content(text: str) -> set[str]:
+    return set(terms(text, stopwords=CONTENT_STOPWORDS))
+
+
+def information_weight(text: str, *, answering: str | None = None) -> float:
+    """How much a remembered turn weighs in recall: less when it tells nothing new.
+
+    A user turn made only of questions (and content-free words) asks instead of telling; a
+    reply that only restates what it answers, or says it does not know, adds nothing
+    either. Such turns stay in memory, recallable, but weigh ``LOW_INFORMATION_WEIGHT``, so
+    that earlier questions and generic replies do not crowd out the turns that hold facts.
+
+    Args:
+        text: The turn's text.
+        answering: For a reply, the user turn it answers.
+
+    Returns:
+        1.0, or ``LOW_INFORMATION_WEIGHT``.
+    """
+    telling = [
+        s for s in split_sentences(text) if not is_question(s) and _content(s) - _GENERIC_TERMS
+    ]
+    if not telling:
+        return LOW_INFORMATION_WEIGHT
+    if answering is not None and not (_content(text) - _content(answering) - _GENERIC_TERMS):
+        return LOW_INFORMATION_WEIGHT
+    return 1.0
 
 
 def _stamp(message: AnyMessage, key: str) -> Any:
@@ -96,9 +151,11 @@ def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[
     """The records one finished turn adds to memory.
 
     The user turn and the assistant reply are separate records (ids
-    ``"{thread}:{turn}:user"`` and ``"{thread}:{turn}:assistant"``); every slot whose value
-    was set this turn becomes a ``"fact"`` record with id ``"{thread}:fact:{slot}"``, so a
-    corrected value replaces the old one in memory (the old one stays in the slot's history).
+    ``"{thread}:{turn}:user"`` and ``"{thread}:{turn}:assistant"``), their relative dates
+    resolved against their own timestamps (``nodes.dates.resolve_relative_dates``); every
+    slot whose value was set this turn becomes a ``"fact"`` record with id
+    ``"{thread}:fact:{slot}"``, so a corrected value replaces the old one in memory (the old
+    one stays in the slot's history).
     Ids are deterministic, so a retried turn overwrites instead of duplicating.
 
     Args:
@@ -119,6 +176,12 @@ def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[
     timestamp = str(timestamp) if timestamp else None
     records: list[MemoryRecord] = []
     human_text, reply_text = message_text(human), message_text(reply) if reply else ""
+    reply_time = _stamp(reply, "timestamp") if reply is not None else None
+    reply_time = str(reply_time) if reply_time else timestamp
+    # What a turn says relative to its day ("yesterday", "上周") is remembered with the date it
+    # meant: recalled weeks later, it would otherwise point at the wrong day.
+    human_text = resolve_relative_dates(human_text, timestamp)
+    reply_text = resolve_relative_dates(reply_text, reply_time)
     if human_text.strip():
         records.append(
             MemoryRecord(
@@ -129,10 +192,10 @@ def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[
                 turn=turn,
                 role="user",
                 timestamp=timestamp,
+                extra=_weight(information_weight(human_text)),
             )
         )
     if reply is not None and reply_text.strip():
-        reply_time = _stamp(reply, "timestamp")
         records.append(
             MemoryRecord(
                 id=f"{thread_id}:{turn}:assistant",
@@ -141,7 +204,8 @@ def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[
                 user_id=user_id,
                 turn=turn,
                 role="assistant",
-                timestamp=str(reply_time) if reply_time else timestamp,
+                timestamp=reply_time,
+                extra=_weight(information_weight(reply_text, answering=human_text)),
             )
         )
     slots: dict[str, Slot] = state.get("slots") or {}
@@ -150,6 +214,11 @@ def exchange_records(state: ChatState, *, thread_id: str, user_id: str) -> list[
             continue
         records.append(fact_record(thread_id, user_id, name, slot, turn=turn, timestamp=timestamp))
     return records
+
+
+def _weight(weight: float) -> dict[str, str | int | float | bool]:
+    # Only a lowered weight is written: a record without one weighs 1.
+    return {} if weight >= 1.0 else {"weight": weight}
 
 
 def make_remember(memory: MemoryStore) -> RememberNode:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
 from nodes.context import Context
+from nodes.dates import resolve_relative_dates
 from nodes.memory import MemoryHit, MemoryStore
 from nodes.state import ChatState, Snippet
 from nodes.text import message_text
@@ -50,7 +52,8 @@ def _snippet(hit: MemoryHit) -> Snippet:
         turn=record.turn,
         role=record.role,
         timestamp=record.timestamp,
-        score=round(float(hit.score), 4),
+        # Rounded down: a shown score used as a floor keeps the memory it came from.
+        score=math.floor(float(hit.score) * 10_000) / 10_000,
     )
 
 
@@ -99,6 +102,10 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
         messages = state.get("messages", [])
         user = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
         query = message_text(user).strip() if user is not None else ""
+        if user is not None:
+            # Resolved as the turn's own record will be ("yesterday (7 May 2023)"): the dates
+            # then match remembered turns, and the store reuses this query's embedding.
+            query = resolve_relative_dates(query, user.additional_kwargs.get("timestamp"))
         thread_id = (config.get("configurable") or {}).get("thread_id")
         thread_id = str(thread_id) if thread_id is not None else None
         if not query or ctx.top_k <= 0 or (thread_id is None and not ctx.cross_thread_memory):
@@ -119,6 +126,7 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
                     k=ctx.top_k + extra,
                     min_score=ctx.score_floor,
                     neighbours=ctx.memory_neighbours,
+                    neighbours_before=ctx.memory_neighbours_before,
                 )
                 hits = _top_memories(
                     [
@@ -141,6 +149,7 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
                     min_score=ctx.score_floor,
                     exclude_turns_from=window_start,
                     neighbours=ctx.memory_neighbours,
+                    neighbours_before=ctx.memory_neighbours_before,
                 )
         except Exception:
             logger.exception(

@@ -6,10 +6,11 @@ import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 import phonenumbers
 
+from nodes.dates import relative_dates
 from nodes.text import fold, normalize_text, split_sentences
 
 __all__ = [
@@ -295,22 +296,6 @@ _DATE_EN_MD = re.compile(
 _DATE_EN_DM = re.compile(
     rf"\b(?P<d>\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\b(?:,?\s+(?P<y>\d{{4}})\b)?"
 )
-_WEEKDAYS_EN = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_WEEKDAYS_ZH = "一二三四五六日"
-_REL_EN = re.compile(
-    r"\b(?:the day after tomorrow|tomorrow|yesterday|the day before yesterday|"
-    r"(?P<which>next|this|last)\s+(?P<wd>monday|tuesday|wednesday|thursday|friday|saturday|"
-    r"sunday))\b",
-    re.IGNORECASE,
-)
-_REL_ZH = re.compile(
-    r"大后天|后天|明天|昨天|前天|(?P<which>下|上|这|本)个?(?:周|星期|礼拜)(?P<wd>[一二三四五六日天])"
-)
-_REL_DAYS = {
-    "the day after tomorrow": 2, "tomorrow": 1, "yesterday": -1, "the day before yesterday": -2,
-    "大后天": 3, "后天": 2, "明天": 1, "昨天": -1, "前天": -2,
-}  # fmt: skip
-_WEEK_OFFSET = {"next": 1, "this": 0, "last": -1, "下": 1, "这": 0, "本": 0, "上": -1}
 
 
 def _valid_date(y: int | None, m: int, d: int) -> bool:
@@ -332,25 +317,10 @@ def _dates(text: str, now: datetime | None) -> Iterator[tuple[int, int, str]]:
     if now is None:
         # Relative dates are kept only when they can be resolved against the message time.
         return
-    today = now.date()
-    for pattern in (_REL_EN, _REL_ZH):
-        for m in pattern.finditer(text):
-            phrase = m.group()
-            if m.group("wd"):
-                wd_raw = m.group("wd").lower()
-                weekday = (
-                    _WEEKDAYS_EN.index(wd_raw)
-                    if wd_raw in _WEEKDAYS_EN
-                    else 6
-                    if wd_raw == "天"
-                    else _WEEKDAYS_ZH.index(wd_raw)
-                )
-                monday = today - timedelta(days=today.weekday())
-                offset = _WEEK_OFFSET[m.group("which").lower()]
-                resolved = monday + timedelta(weeks=offset, days=weekday)
-            else:
-                resolved = today + timedelta(days=_REL_DAYS[phrase.lower()])
-            yield m.start(), m.end(), f"{phrase} ({resolved.isoformat()})"
+    for found in relative_dates(text, now.date()):
+        # A date slot names a day other than today: "tomorrow", "next Monday", "三天前".
+        if found.precision == "day" and found.first != now.date():
+            yield found.start, found.end, f"{found.phrase} ({found.first.isoformat()})"
 
 
 def _phones(text: str, regions: Sequence[str]) -> Iterator[tuple[int, int, str]]:

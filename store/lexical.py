@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from nodes.text import terms
 
-__all__ = ["BM25Scorer", "TokenizedDoc", "tokenize_doc"]
+__all__ = ["BM25Scorer", "KeywordIndex", "TokenizedDoc", "tokenize_doc"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +103,111 @@ class BM25Scorer:
                     total += weight * tf * (self.k1 + 1.0) / (tf + norm)
             out.append(total / bound)
         return out
+
+
+class KeywordIndex:
+    """BM25 over documents that come and go: postings kept up to date, one document at a time.
+
+    Scores match :class:`BM25Scorer` over the same documents (the same normalization), but a
+    query reads only the postings of its own terms, so its cost follows how many documents
+    share those terms, not how many documents there are.
+    """
+
+    def __init__(self, *, k1: float = 1.2, b: float = 0.75) -> None:
+        """Start empty.
+
+        Args:
+            k1: Term-frequency saturation.
+            b: Length normalization strength.
+        """
+        self.k1 = k1
+        self.b = b
+        self._docs: dict[str, TokenizedDoc] = {}
+        self._postings: dict[str, dict[str, int]] = {}
+        self._total_length = 0
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._docs
+
+    def put(self, doc_id: str, doc: TokenizedDoc) -> None:
+        """Add a document, or replace the one with this id.
+
+        Args:
+            doc_id: The document's id.
+            doc: Its terms.
+        """
+        self.remove(doc_id)
+        self._docs[doc_id] = doc
+        self._total_length += doc.length
+        for term, tf in doc.terms.items():
+            self._postings.setdefault(term, {})[doc_id] = tf
+
+    def remove(self, doc_id: str) -> None:
+        """Forget a document (an unknown id is ignored).
+
+        Args:
+            doc_id: The document's id.
+        """
+        doc = self._docs.pop(doc_id, None)
+        if doc is None:
+            return
+        self._total_length -= doc.length
+        for term in doc.terms:
+            posting = self._postings.get(term)
+            if posting is not None:
+                posting.pop(doc_id, None)
+                if not posting:
+                    del self._postings[term]
+
+    def scores(
+        self, query_terms: Iterable[str], *, exclude: Collection[str] = ()
+    ) -> dict[str, float]:
+        """Normalized BM25 of the documents that share a term with the query.
+
+        The statistics (document count, frequencies, average length) leave out ``exclude``,
+        as if those documents were not indexed; see :meth:`BM25Scorer.scores` for the
+        normalization.
+
+        Args:
+            query_terms: Terms of the query (``terms(query)``).
+            exclude: Ids to leave out.
+
+        Returns:
+            ``{doc_id: score}`` for the documents scoring above 0 (the others score 0).
+        """
+        gone = [self._docs[d] for d in exclude if d in self._docs]
+        count = len(self._docs) - len(gone)
+        if count <= 0:
+            return {}
+        total_length = self._total_length - sum(d.length for d in gone)
+        avg = (total_length / count) or 1.0
+        distinct = list(dict.fromkeys(query_terms))
+
+        def frequency(term: str) -> int:
+            posting = self._postings.get(term)
+            if not posting:
+                return 0
+            return len(posting) - sum(1 for d in gone if term in d.terms)
+
+        def idf(df: int) -> float:
+            return math.log(1.0 + (count - df + 0.5) / (df + 0.5))
+
+        frequencies = {t: frequency(t) for t in distinct}
+        weights = {t: idf(df) for t, df in frequencies.items() if df > 0}
+        if not weights:
+            return {}
+        bound = sum(idf(df) for df in frequencies.values()) * (self.k1 + 1.0)
+        excluded = set(exclude)
+        totals: dict[str, float] = {}
+        for term, weight in weights.items():
+            for doc_id, tf in self._postings[term].items():
+                if doc_id in excluded:
+                    continue
+                norm = self.k1 * (1.0 - self.b + self.b * self._docs[doc_id].length / avg)
+                totals[doc_id] = totals.get(doc_id, 0.0) + weight * tf * (self.k1 + 1.0) / (
+                    tf + norm
+                )
+        return {doc_id: total / bound for doc_id, total in totals.items()}

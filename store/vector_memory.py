@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
+import json
 import logging
 import math
+import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -21,14 +27,27 @@ from chromadb.config import Settings
 from nodes.errors import ThreadDeletedError
 from nodes.memory import Embedder, MemoryHit, MemoryRecord
 from nodes.text import terms, word_key
-from store.lexical import BM25Scorer, tokenize_doc
+from store.lexical import KeywordIndex, tokenize_doc
 
 __all__ = ["DEFAULT_COLLECTION", "ChromaMemory", "stamp_text"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_COLLECTION = "steadychat_memory"
-_RESERVED = frozenset({"thread_id", "user_id", "turn", "role", "timestamp"})
+_RESERVED = frozenset(
+    {"thread_id", "user_id", "turn", "role", "timestamp", "written_at", "write_id"}
+)
+_MARGIN_S = 30.0
+"""How late a write may become visible after it was stamped and still be picked up: a search
+re-reads what was stamped since its previous refresh began, minus this."""
+_JOURNAL_KEEP_S = 3600.0
+"""Deletion journal entries older than this are removed; an index not refreshed for half of it
+is rebuilt instead of caught up."""
+_INDEXES = 256
+"""Keyword indexes (one per thread or user searched) kept in memory, least recently used out."""
+_QUERY_VECTORS = 64
+"""Recent query embeddings kept for the write that follows (the user turn's own record)."""
+_ROLE_ORDER = {"user": 0, "assistant": 1}
 
 
 def stamp_text(text: str, timestamp: str | None) -> str:
@@ -66,6 +85,103 @@ def _all_of(conditions: list[Where]) -> Where:
     return conditions[0] if len(conditions) == 1 else cast(Where, {"$and": conditions})
 
 
+@dataclass(slots=True)
+class _Entry:
+    """One record as a keyword index holds it."""
+
+    text: str
+    meta: dict[str, Any]
+    written_at: float
+
+    @property
+    def thread(self) -> str:
+        return str(self.meta.get("thread_id"))
+
+    @property
+    def turn(self) -> int:
+        return int(self.meta.get("turn", 0))
+
+    def order_key(self, doc_id: str) -> tuple[int, int, str]:
+        return (self.turn, _ROLE_ORDER.get(str(self.meta.get("role", "")), 2), doc_id)
+
+
+@dataclass
+class _FilterIndex:
+    """The records of one thread (or one user) with their keyword postings, kept current.
+
+    ``by_turn`` lists each thread's records by turn (for leaving the window out) and
+    ``conversation`` its turns in conversation order, facts left out (for neighbours).
+    """
+
+    keywords: KeywordIndex = field(default_factory=KeywordIndex)
+    entries: dict[str, _Entry] = field(default_factory=dict)
+    by_turn: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    conversation: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
+    refreshed_at: float = 0.0
+    recent_writes: dict[str, float] = field(default_factory=dict)
+    """Writes (``write_id`` -> ``written_at``) within the margin, already read."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def put(self, doc_id: str, text: str, meta: dict[str, Any]) -> None:
+        self.remove(doc_id)
+        entry = _Entry(text, meta, float(meta.get("written_at", 0.0)))
+        if meta.get("write_id"):
+            self.recent_writes[str(meta["write_id"])] = entry.written_at
+        self.entries[doc_id] = entry
+        self.keywords.put(doc_id, tokenize_doc(_indexed_text(text, meta)))
+        bisect.insort(self.by_turn.setdefault(entry.thread, []), (entry.turn, doc_id))
+        if meta.get("role") != "fact":
+            bisect.insort(self.conversation.setdefault(entry.thread, []), entry.order_key(doc_id))
+
+    def remove(self, doc_id: str) -> None:
+        entry = self.entries.pop(doc_id, None)
+        if entry is None:
+            return
+        self.keywords.remove(doc_id)
+        _discard(self.by_turn.get(entry.thread), (entry.turn, doc_id))
+        _discard(self.conversation.get(entry.thread), entry.order_key(doc_id))
+
+    def from_turn(self, thread: str, turn: int) -> list[str]:
+        """Ids of the thread's records whose turn is ``turn`` or later."""
+        rows = self.by_turn.get(thread, [])
+        return [doc_id for _, doc_id in rows[bisect.bisect_left(rows, (turn, "")) :]]
+
+    def after(self, doc_id: str) -> Iterable[str]:
+        """Ids of the records after this one in its thread's conversation order."""
+        entry = self.entries[doc_id]
+        rows = self.conversation.get(entry.thread, [])
+        start = bisect.bisect_right(rows, entry.order_key(doc_id))
+        return [row[2] for row in rows[start : start + 64]]
+
+    def before(self, doc_id: str) -> Iterable[str]:
+        """Ids of the records before this one in its thread's conversation order, nearest first."""
+        entry = self.entries[doc_id]
+        rows = self.conversation.get(entry.thread, [])
+        end = bisect.bisect_left(rows, entry.order_key(doc_id))
+        return [row[2] for row in reversed(rows[max(0, end - 64) : end])]
+
+
+def _discard(rows: list[Any] | None, row: Any) -> None:
+    if rows is None:
+        return
+    at = bisect.bisect_left(rows, row)
+    if at < len(rows) and rows[at] == row:
+        del rows[at]
+
+
+def _weight(meta: dict[str, Any]) -> float:
+    # A record's own weight in (0, 1] (``extra["weight"]``) scales its score: a turn that
+    # tells nothing new (an earlier question, a generic reply) ranks below one that does.
+    weight = meta.get("weight")
+    if isinstance(weight, int | float) and not isinstance(weight, bool) and 0.0 < weight <= 1.0:
+        return float(weight)
+    return 1.0
+
+
+def _indexed_text(text: str, meta: dict[str, Any]) -> str:
+    return stamp_text(text, _str_or_none(meta.get("timestamp")))
+
+
 class ChromaMemory:
     """:class:`~nodes.memory.MemoryStore` over a Chroma collection, searched by hybrid retrieval.
 
@@ -73,21 +189,30 @@ class ChromaMemory:
     ``user_id``, ``turn``, ``role``, ``timestamp`` (when known) and the record's ``extra``
     keys; the id is the record id, and writes are upserts, so a retried turn overwrites.
     Embeddings are always computed here (Chroma's default embedding function would download
-    a model) over the *indexed text*: the raw text prefixed with its date (:func:`stamp_text`).
+    a model), one batch per write.
 
     **Search** fuses two rankings of the records that pass the thread/user filter:
 
     * dense: cosine similarity from Chroma's vector index (``query`` with the filter);
-    * keyword: BM25 over the same filtered documents, fetched from Chroma at search time
-      (English words stemmed, Chinese as character bigrams; see :mod:`store.lexical`).
-      Deriving the keyword index from the stored documents on every search keeps it correct
-      across concurrent writers, deletions, processes sharing a Chroma server, and restarts,
-      at the cost of reading the filtered documents (fine for per-thread or per-user sets of
-      a few thousand records; tokenization is cached).
+    * keyword: BM25 over the same records (English words stemmed, Chinese as character
+      bigrams; see :mod:`store.lexical`), from an in-process index per thread (or user) that
+      is caught up, not rebuilt, on each search: it reads only what was written since its
+      previous search (every record carries ``written_at``) and what a deletion journal (a
+      second collection, ``<name>_journal``) says was deleted since. So another process
+      sharing a Chroma server, a restart or a reset never leaves it stale, and a search reads
+      a few records, not the whole thread. Chroma's own sparse (BM25) index would do this
+      server-side, but chromadb 1.5 refuses it outside Chroma Cloud ("Sparse vector indexing
+      is not enabled in local"), for a local folder and a ``chroma run`` server alike.
+
+    The dense side embeds the record's text as it is; the date stamp (:func:`stamp_text`)
+    goes to the keyword side only, so the user turn's record is the very text its turn
+    searched for, and the query's embedding is reused for it instead of being computed again.
 
     **Score** (what ``min_score`` is compared with): ``w * max(cosine, 0) + (1 - w) * bm25``
     where ``bm25`` is normalized to [0, 1) by its upper bound for the query, and
-    ``w = dense_weight`` (0.4 by default). So the score lies in [0, 1). Measured with
+    ``w = dense_weight`` (0.4 by default), times the record's own weight (``extra["weight"]``,
+    in (0, 1], 1 when absent: ``nodes.remember`` lowers it for turns that tell nothing new).
+    So the score lies in [0, 1). Measured with
     all-MiniLM-L6-v2: unrelated memories score up to about 0.13, paraphrases that share no
     word with the query 0.1-0.2, memories sharing the query's key words 0.25-0.6. A floor
     of 0.1 drops most noise; above about 0.15 it starts dropping paraphrases. The default
@@ -157,6 +282,13 @@ class ChromaMemory:
         self._tombstones: Collection = client.get_or_create_collection(
             f"{collection}_deleted", embedding_function=None
         )
+        self._journal: Collection = client.get_or_create_collection(
+            f"{collection}_journal", embedding_function=None
+        )
+        self._indexes: OrderedDict[str, _FilterIndex] = OrderedDict()
+        self._indexes_lock = threading.Lock()
+        self._query_vectors: OrderedDict[str, list[float]] = OrderedDict()
+        self._vectors_lock = threading.Lock()
 
     @classmethod
     def persistent(cls, path: str | Path, embedder: Embedder, **options: Any) -> ChromaMemory:
@@ -255,15 +387,18 @@ class ChromaMemory:
             clash = _RESERVED & record.extra.keys()
             if clash:
                 raise ValueError(f"record {record.id!r}: extra keys {sorted(clash)} are reserved")
+            stamp_text(record.text, record.timestamp)  # a timestamp that is not ISO-8601 raises
         threads = sorted({r.thread_id for r in records})
         self._refuse_deleted(threads)
-        indexed = [stamp_text(r.text, r.timestamp) for r in records]
-        embeddings = self._embedder.embed_documents(indexed)
+        embeddings = self._embed([r.text for r in records])
+        # Stamped last, just before the write lands: a search that began earlier reads it on
+        # its next refresh (see _MARGIN_S).
+        stamp: dict[str, Any] = {"written_at": time.time(), "write_id": uuid.uuid4().hex}
         self._collection.upsert(
             ids=ids,
             embeddings=np.asarray(embeddings, dtype=np.float32),
             documents=[r.text for r in records],
-            metadatas=[self._metadata(r) for r in records],
+            metadatas=[{**self._metadata(r), **stamp} for r in records],
         )
         # A delete may have landed between the check and the write (another thread or
         # process): look again after writing and take back what reached a deleted thread.
@@ -271,6 +406,22 @@ class ChromaMemory:
         if late:
             self._collection.delete(ids=[r.id for r in records if r.thread_id in late])
             raise ThreadDeletedError(f"thread {sorted(late)[0]!r} has been deleted")
+
+    def _embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed texts in one batch, reusing the vectors of texts just searched for."""
+        with self._vectors_lock:
+            known = {t: self._query_vectors[t] for t in texts if t in self._query_vectors}
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            known.update(zip(missing, self._embedder.embed_documents(missing), strict=True))
+        return [known[t] for t in texts]
+
+    def _remember_query(self, text: str, vector: list[float]) -> None:
+        with self._vectors_lock:
+            self._query_vectors[text] = vector
+            self._query_vectors.move_to_end(text)
+            while len(self._query_vectors) > _QUERY_VECTORS:
+                self._query_vectors.popitem(last=False)
 
     @staticmethod
     def _metadata(record: MemoryRecord) -> dict[str, Any]:
@@ -304,9 +455,10 @@ class ChromaMemory:
             metadatas=[{"deleted_at": datetime.now(UTC).isoformat()}],
         )
         where: Where = {"thread_id": thread_id}
-        count = len(self._collection.get(where=where, include=[])["ids"])
+        stored = self._collection.get(where=where, include=["metadatas"])
+        self._forget(stored["ids"], stored["metadatas"] or [])
         self._collection.delete(where=where)
-        return count
+        return len(stored["ids"])
 
     def delete_records(self, ids: Sequence[str]) -> int:
         """Delete the records with these ids (e.g. the fact of a cleared slot).
@@ -320,10 +472,11 @@ class ChromaMemory:
         wanted = [i for i in dict.fromkeys(ids) if i]
         if not wanted:
             return 0
-        present = self._collection.get(ids=wanted, include=[])["ids"]
-        if present:
-            self._collection.delete(ids=list(present))
-        return len(present)
+        present = self._collection.get(ids=wanted, include=["metadatas"])
+        if present["ids"]:
+            self._forget(present["ids"], present["metadatas"] or [])
+            self._collection.delete(ids=list(present["ids"]))
+        return len(present["ids"])
 
     def clear_thread(self, thread_id: str) -> int:
         """Delete the thread's records but keep accepting writes to it (thread reset).
@@ -337,6 +490,30 @@ class ChromaMemory:
         count = self.delete_thread(thread_id)
         self._tombstones.delete(ids=[thread_id])
         return count
+
+    def _forget(self, ids: Sequence[str], metadatas: Sequence[Any]) -> None:
+        """Journal a deletion for the keyword indexes, before the records are deleted.
+
+        Every deletion goes through here (a thread, a reset, single records, any cap on a
+        thread's size): an index of another process learns of it only from the journal.
+        Journalled first, so that no search can see the records gone from Chroma but still in
+        its index.
+        """
+        if not ids:
+            return
+        by_key: dict[str, list[str]] = {}
+        for doc_id, meta in zip(ids, metadatas, strict=True):
+            meta = meta or {}
+            for key in (f"thread:{meta.get('thread_id')}", f"user:{meta.get('user_id')}"):
+                by_key.setdefault(key, []).append(doc_id)
+        now = time.time()
+        keys = sorted(by_key)
+        self._journal.upsert(
+            ids=[f"{key}:{uuid.uuid4().hex}" for key in keys],
+            embeddings=np.ones((len(keys), 1), dtype=np.float32),
+            metadatas=[{"key": key, "at": now, "ids": json.dumps(by_key[key])} for key in keys],
+        )
+        self._journal.delete(where=cast(Where, {"at": {"$lt": now - _JOURNAL_KEEP_S}}))
 
     def _deleted(self, threads: Sequence[str]) -> set[str]:
         return set(self._tombstones.get(ids=list(threads), include=[])["ids"])
@@ -372,6 +549,7 @@ class ChromaMemory:
         min_score: float = 0.0,
         exclude_turns_from: int | None = None,
         neighbours: int = 0,
+        neighbours_before: int = 0,
     ) -> list[MemoryHit]:
         """Best ``k`` records for the query, by hybrid retrieval (see the class docstring).
 
@@ -388,6 +566,9 @@ class ChromaMemory:
                 not neighbours), e.g. the reply to a recalled question. They carry the hit's
                 score and ``extra["neighbour_of"]``, obey the same filters, and do not count
                 towards ``k``.
+            neighbours_before: Likewise, the records just before each hit (nearest first),
+                e.g. the question a recalled answer answers, or the statement a reply
+                reacts to.
 
         Returns:
             Hits, best first (each followed by its neighbours), without duplicates (same or
@@ -401,8 +582,8 @@ class ChromaMemory:
             raise ValueError("search needs a thread_id or a user_id")
         if thread_id is None and exclude_turns_from is not None:
             raise ValueError("exclude_turns_from applies to one thread: pass thread_id")
-        if neighbours < 0:
-            raise ValueError(f"neighbours must be >= 0, got {neighbours}")
+        if neighbours < 0 or neighbours_before < 0:
+            raise ValueError(f"neighbours must be >= 0, got {neighbours}, {neighbours_before}")
         if k <= 0 or not query.strip():
             return []
         conditions: list[Where] = []
@@ -414,21 +595,24 @@ class ChromaMemory:
             conditions.append(cast(Where, {"turn": {"$lt": int(exclude_turns_from)}}))
         where = _all_of(conditions)
 
-        stored = self._collection.get(where=where, include=["documents", "metadatas"])
-        ids: list[str] = stored["ids"]
-        if not ids:
-            return []
-        documents = stored["documents"] or []
-        metadatas = stored["metadatas"] or []
-        position = {doc_id: i for i, doc_id in enumerate(ids)}
-        indexed = [
-            stamp_text(doc or "", _str_or_none(meta.get("timestamp")))
-            for doc, meta in zip(documents, metadatas, strict=True)
-        ]
-        lexical = BM25Scorer([tokenize_doc(t) for t in indexed]).scores(terms(query))
+        key = f"thread:{thread_id}" if thread_id is not None else f"user:{user_id}"
+        index = self._fresh_index(key)
+        with index.lock:
+            left_out: set[str] = set()
+            if thread_id is not None and exclude_turns_from is not None:
+                left_out.update(index.from_turn(thread_id, int(exclude_turns_from)))
+            if thread_id is not None and user_id is not None:
+                left_out.update(
+                    d for d, e in index.entries.items() if e.meta.get("user_id") != user_id
+                )
+            available = len(index.entries) - len(left_out)
+            if available <= 0:
+                return []
+            lexical = index.keywords.scores(terms(query), exclude=left_out)
 
-        depth = min(len(ids), max(self._candidates, 4 * k))
+        depth = min(available, max(self._candidates, 4 * k))
         query_vector = self._embedder.embed_query(query)
+        self._remember_query(query, query_vector)
         result = self._collection.query(
             query_embeddings=np.asarray([query_vector], dtype=np.float32),
             n_results=depth,
@@ -441,18 +625,44 @@ class ChromaMemory:
         ):
             dense[doc_id] = 1.0 - float(distance)
 
-        lexical_order = sorted(range(len(ids)), key=lambda i: -lexical[i])
-        lexical_top = [ids[i] for i in lexical_order[:depth] if lexical[i] > 0.0]
+        lexical_top = sorted(lexical, key=lambda d: -lexical[d])[:depth]
         missing = [doc_id for doc_id in lexical_top if doc_id not in dense]
         if missing:
             dense.update(self._cosines(query_vector, missing))
 
+        # Only now do hits and their neighbours come out of the index, for the few taken.
+        with index.lock:
+            return self._hits(
+                index,
+                dense,
+                lexical,
+                lexical_top,
+                left_out,
+                k,
+                min_score,
+                neighbours,
+                neighbours_before,
+            )
+
+    def _hits(
+        self,
+        index: _FilterIndex,
+        dense: dict[str, float],
+        lexical: dict[str, float],
+        lexical_top: list[str],
+        left_out: set[str],
+        k: int,
+        min_score: float,
+        neighbours: int,
+        neighbours_before: int,
+    ) -> list[MemoryHit]:
+        entries = index.entries
         fused: dict[str, float] = {}
         for doc_id, cosine in dense.items():
-            if doc_id in position:
-                fused[doc_id] = (
+            if doc_id in entries and doc_id not in left_out:
+                fused[doc_id] = _weight(entries[doc_id].meta) * (
                     self._dense_weight * max(cosine, 0.0)
-                    + (1.0 - self._dense_weight) * lexical[position[doc_id]]
+                    + (1.0 - self._dense_weight) * lexical.get(doc_id, 0.0)
                 )
         if self._ranking == "rrf":
             rrf: dict[str, float] = {}
@@ -464,53 +674,105 @@ class ChromaMemory:
         else:
             order = sorted(fused, key=lambda d: -fused[d])
 
-        following = self._conversation_order(metadatas, neighbours) if neighbours > 0 else {}
         hits: list[MemoryHit] = []
-        taken: set[int] = set()
+        taken: set[str] = set()
         seen = _NearDuplicates(self._duplicate_threshold)
         anchors = 0
         for doc_id in order:
             score = fused[doc_id]
-            i = position[doc_id]
             if score < min_score:
                 continue
             # A record already returned as a neighbour is a hit in its own right too: it is
             # not repeated, but its own neighbours follow.
-            if i not in taken:
-                text = documents[i] or ""
-                if seen.check_and_add(text):
+            if doc_id not in taken:
+                entry = entries[doc_id]
+                if seen.check_and_add(entry.text):
                     continue
-                taken.add(i)
-                hits.append(MemoryHit(record=_record(doc_id, text, metadatas[i]), score=score))
-            for j in following.get(i, []):
-                if j in taken or seen.check_and_add(documents[j] or ""):
+                taken.add(doc_id)
+                hits.append(MemoryHit(record=_record(doc_id, entry.text, entry.meta), score=score))
+            around: list[str] = []
+            if neighbours_before > 0:
+                around += [n for n in index.before(doc_id) if n not in left_out][:neighbours_before]
+            if neighbours > 0:
+                around += [n for n in index.after(doc_id) if n not in left_out][:neighbours]
+            for other in around:
+                entry = entries[other]
+                if other in taken or seen.check_and_add(entry.text):
                     continue
-                taken.add(j)
-                record = _record(ids[j], documents[j] or "", metadatas[j], neighbour_of=doc_id)
+                taken.add(other)
+                record = _record(other, entry.text, entry.meta, neighbour_of=doc_id)
                 hits.append(MemoryHit(record=record, score=score))
             anchors += 1
             if anchors >= k:
                 break
         return hits
 
-    @staticmethod
-    def _conversation_order(metadatas: Sequence[Any], limit: int) -> dict[int, list[int]]:
-        # For each record, the records that follow it in its thread (facts excluded).
-        rank = {"user": 0, "assistant": 1}
-        threads: dict[str, list[tuple[int, int, int]]] = {}
-        for i, meta in enumerate(metadatas):
-            role = str(meta.get("role", ""))
-            if role == "fact":
-                continue
-            key = (int(meta.get("turn", 0)), rank.get(role, 2), i)
-            threads.setdefault(str(meta.get("thread_id")), []).append(key)
-        following: dict[int, list[int]] = {}
-        for rows in threads.values():
-            rows.sort()
-            indices = [i for _, _, i in rows]
-            for pos, i in enumerate(indices):
-                following[i] = indices[pos + 1 : pos + 1 + limit]
-        return following
+    # -- the keyword indexes --------------------------------------------------------------
+
+    def _fresh_index(self, key: str) -> _FilterIndex:
+        """The keyword index of a thread (``thread:<id>``) or user (``user:<id>``), caught up."""
+        with self._indexes_lock:
+            index = self._indexes.get(key)
+            if index is None:
+                index = self._indexes[key] = _FilterIndex()
+            self._indexes.move_to_end(key)
+            while len(self._indexes) > _INDEXES:
+                self._indexes.popitem(last=False)
+        kind, _, value = key.partition(":")
+        where: Where = {"thread_id": value} if kind == "thread" else {"user_id": value}
+        with index.lock:
+            started = time.time()
+            if started - index.refreshed_at > _JOURNAL_KEEP_S / 2:
+                # New, or idle for so long that the journal may have lost deletions: rebuild.
+                stored = self._collection.get(where=where, include=["documents", "metadatas"])
+                fresh = _FilterIndex(lock=index.lock)
+                for doc_id, doc, meta in zip(
+                    stored["ids"],
+                    stored["documents"] or [],
+                    stored["metadatas"] or [],
+                    strict=True,
+                ):
+                    fresh.put(doc_id, doc or "", dict(meta or {}))
+                index.keywords, index.entries = fresh.keywords, fresh.entries
+                index.by_turn, index.conversation = fresh.by_turn, fresh.conversation
+                index.recent_writes = fresh.recent_writes
+            else:
+                since = index.refreshed_at - _MARGIN_S
+                # Writes already read are not read again: only those that landed since.
+                conditions = [where, cast(Where, {"written_at": {"$gte": since}})]
+                if index.recent_writes:
+                    conditions.append(
+                        cast(Where, {"write_id": {"$nin": sorted(index.recent_writes)}})
+                    )
+                recent = _all_of(conditions)
+                stored = self._collection.get(where=recent, include=["documents", "metadatas"])
+                for doc_id, doc, meta in zip(
+                    stored["ids"],
+                    stored["documents"] or [],
+                    stored["metadatas"] or [],
+                    strict=True,
+                ):
+                    index.put(doc_id, doc or "", dict(meta or {}))
+                journal = self._journal.get(
+                    where=_all_of(
+                        [
+                            cast(Where, {"key": key}),
+                            cast(Where, {"at": {"$gte": since}}),
+                        ]
+                    ),
+                    include=["metadatas"],
+                )
+                for entry in journal["metadatas"] or []:
+                    at = float(cast(float, entry.get("at", 0.0)))
+                    for doc_id in json.loads(str(entry.get("ids", "[]"))):
+                        known = index.entries.get(doc_id)
+                        # A record written again after its deletion stays.
+                        if known is not None and known.written_at <= at:
+                            index.remove(doc_id)
+            horizon = started - _MARGIN_S
+            index.recent_writes = {w: t for w, t in index.recent_writes.items() if t >= horizon}
+            index.refreshed_at = started
+        return index
 
     def _cosines(self, query_vector: Sequence[float], ids: list[str]) -> dict[str, float]:
         got = self._collection.get(ids=ids, include=["embeddings"])

@@ -138,3 +138,20 @@ def test_two_clients_share_memory_deletions_and_survive_a_restart(server: Chroma
     assert [h.record.turn for h in hits] == [2]
     with pytest.raises(ThreadDeletedError):
         reopened.add([rec("t2", 3, "still refused after a restart")])
+
+
+def test_a_clients_keyword_index_follows_the_other_clients_writes(server: ChromaServer) -> None:
+    # Each API process keeps its own keyword index; what another one writes or deletes on the
+    # shared server must reach it on its next search.
+    here = ChromaMemory.from_url(server.url, CharFrequencyEmbedder())
+    there = ChromaMemory.from_url(server.url, CharFrequencyEmbedder())
+    here.add([rec("t1", 1, "The staging database lives on host db-07.")])
+    assert here.search("staging database host", thread_id="t1", user_id=None, k=1)
+    there.add([rec("t1", 2, "The release freeze starts on the ninth.")])
+    hits = here.search("when does the release freeze start", thread_id="t1", user_id=None, k=1)
+    assert [h.record.turn for h in hits] == [2]
+    there.delete_records(["t1:2:user"])
+    hits = here.search("release freeze", thread_id="t1", user_id=None, k=5)
+    assert [h.record.turn for h in hits] == [1]
+    there.clear_thread("t1")
+    assert here.search("staging database", thread_id="t1", user_id=None, k=5) == []

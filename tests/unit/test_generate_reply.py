@@ -152,3 +152,27 @@ def test_a_cancelled_turn_stops_reading_and_closes_the_model_stream() -> None:
     assert model._closed.is_set()
     assert len(model._produced) < 10
     assert model.history[-1]["kwargs"]["cancel_event"] is cancel
+
+
+def test_a_recalled_snippet_shows_its_date_as_a_reader_says_it() -> None:
+    model = ScriptedChatModel(default="fine")
+    snippet = Snippet(
+        id="t:3:user",
+        text="I went to the support group yesterday (7 May 2023).",
+        thread_id="t",
+        turn=3,
+        role="user",
+        timestamp="2023-05-08T13:56:00",
+        score=0.5,
+    )
+    state = {
+        "messages": [HumanMessage("when was that?", id="h1")],
+        "turn": 9,
+        "recalled": [snippet],
+    }
+    _run(model, state)
+    prompt = "\n".join(str(m.content) for m in model.history[-1]["messages"])
+    assert "[Mon 8 May 2023, turn 3, user] I went to the support group yesterday (7 May 2023)." in (
+        prompt
+    )
+    assert "2023-05-08" not in prompt

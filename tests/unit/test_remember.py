@@ -187,3 +187,56 @@ def test_a_cancelled_turn_writes_nothing(memory: ChromaMemory) -> None:
     with pytest.raises(TurnCancelled):
         node(state, Runtime(context=Context(user_id="ann", cancel_event=cancel)), config())
     assert memory.count(thread_id="t1") == 0
+
+
+def test_relative_dates_are_remembered_with_the_day_they_meant() -> None:
+    state = turn_state(
+        4,
+        "I went to the dentist yesterday and I fly to Oslo next week.",
+        "Good luck with the trip tomorrow!",
+    )
+    user, reply = exchange_records(state, thread_id="t1", user_id="ann")
+    # STAMP is Sunday 4 May 2025; the reply has no time of its own and takes the turn's.
+    assert user.text == (
+        "I went to the dentist yesterday (3 May 2025) and I fly to Oslo next week (5-11 May 2025)."
+    )
+    assert reply.text == "Good luck with the trip tomorrow (5 May 2025)!"
+
+
+def test_questions_and_generic_replies_weigh_less_in_recall() -> None:
+    from nodes.remember import LOW_INFORMATION_WEIGHT, information_weight
+
+    low = LOW_INFORMATION_WEIGHT
+    assert information_weight("When did I go to the dentist?") == low
+    assert information_weight("上周我去哪儿了？") == low
+    assert information_weight("I went to the dentist on Friday.") == 1.0
+    asked = "When did I go to the dentist?"
+    assert (
+        information_weight("I'm not sure I remember; could you remind me?", answering=asked) == low
+    )
+    assert information_weight("You asked about the dentist.", answering=asked) == low
+    assert information_weight("You went to the dentist on 3 May 2025.", answering=asked) == 1.0
+    assert information_weight("抱歉，我不记得了。", answering="我上周去哪儿了？") == low
+
+    state = turn_state(6, asked, "I'm not sure I remember that, sorry.")
+    user, reply = exchange_records(state, thread_id="t1", user_id="ann")
+    assert user.extra == {"weight": low} and reply.extra == {"weight": low}
+    told = exchange_records(
+        turn_state(7, "I went to the dentist.", "Noted."), thread_id="t1", user_id="a"
+    )
+    assert told[0].extra == {}
+
+
+def test_an_earlier_question_does_not_crowd_out_the_fact_it_asked_about(
+    memory: ChromaMemory,
+) -> None:
+    node = make_remember(memory)
+    node(turn_state(2, "My sister Lena lives in Porto.", "Nice!"), Runtime(context=None), config())
+    for turn in range(3, 7):
+        node(
+            turn_state(turn, "Where does my sister Lena live?", "I'm not sure, sorry."),
+            Runtime(context=None),
+            config(),
+        )
+    [hit] = memory.search("Where does my sister Lena live?", thread_id="t1", user_id=None, k=1)
+    assert hit.record.text == "My sister Lena lives in Porto."

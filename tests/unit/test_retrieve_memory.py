@@ -131,7 +131,7 @@ def test_no_thread_no_text_or_no_context_recalls_nothing_safely(memory: ChromaMe
     state: ChatState = {"messages": [human("Miso", 9)], "turn": 9}
     assert node(state, Runtime(context=None), config(None)) == {"recalled": []}
     assert node({"messages": [], "turn": 0}, Runtime(context=None), config()) == {"recalled": []}
-    # runtime.context None means defaults: this thread, top 4, each with one neighbour at most.
+    # runtime.context None means defaults: this thread, top k, each with one neighbour at most.
     assert 4 <= len(node(state, Runtime(context=None), config())["recalled"]) <= 8
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -338,3 +339,138 @@ def test_delete_records_removes_only_those_ids() -> None:
     assert memory.delete_records(["t:fact:email", "t:fact:missing"]) == 1
     assert memory.count(thread_id="t") == 1
     assert memory.delete_records([]) == 0
+
+
+def test_another_process_writes_and_deletions_reach_this_ones_searches() -> None:
+    # Two stores over one Chroma collection stand for two API processes sharing a server:
+    # each keeps its own keyword index, which must follow what the other one does.
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.EphemeralClient(settings=Settings(anonymized_telemetry=False))
+    here = ChromaMemory(client, CharFrequencyEmbedder(), collection="shared_memory")
+    there = ChromaMemory(client, CharFrequencyEmbedder(), collection="shared_memory")
+    here.add([rec("t1", 1, "The boiler was serviced in April."), rec("t1", 2, "Lunch at noon.")])
+    assert texts(here.search("boiler service", thread_id="t1", user_id=None, k=1)) == [
+        "The boiler was serviced in April."
+    ]
+
+    there.add([rec("t1", 3, "The boiler code is E42 and the engineer is Tomasz.")])
+    found = here.search("boiler engineer Tomasz", thread_id="t1", user_id=None, k=1)
+    assert texts(found) == ["The boiler code is E42 and the engineer is Tomasz."]
+
+    there.delete_records(["t1:3:user"])
+    found = here.search("boiler engineer Tomasz", thread_id="t1", user_id=None, k=5)
+    assert "E42" not in " ".join(texts(found))
+
+    there.clear_thread("t1")
+    assert here.search("boiler", thread_id="t1", user_id=None, k=5) == []
+    there.add([rec("t1", 1, "After the reset: the boiler is new.")])
+    assert texts(here.search("boiler", thread_id="t1", user_id=None, k=5)) == [
+        "After the reset: the boiler is new."
+    ]
+    # Cross-thread recall (by user) follows the same writes and deletions.
+    assert texts(here.search("boiler", thread_id=None, user_id="alice", k=5)) == [
+        "After the reset: the boiler is new."
+    ]
+    there.delete_thread("t1")
+    assert here.search("boiler", thread_id=None, user_id="alice", k=5) == []
+
+
+class CountingEmbedder(CharFrequencyEmbedder):
+    """Counts every text it embeds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedded: list[str] = []
+
+    def embed_query(self, text: str) -> list[float]:
+        self.embedded.append(text)
+        return super().embed_query(text)
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        self.embedded.extend(texts)
+        return [super(CountingEmbedder, self).embed_query(t) for t in texts]
+
+
+def test_the_user_turn_searched_for_is_not_embedded_again_when_remembered() -> None:
+    embedder = CountingEmbedder()
+    memory = ChromaMemory.ephemeral(embedder)
+    memory.add([rec("t1", 1, "I keep bees on the roof.")])
+    question = "How many hives do you think fit on a roof?"
+    memory.search(question, thread_id="t1", user_id=None, k=3)
+    memory.add(
+        [
+            rec("t1", 2, question),
+            rec("t1", 2, "About four, if the roof is flat.", role="assistant"),
+        ]
+    )
+    assert embedder.embedded.count(question) == 1
+    assert embedder.embedded.count("About four, if the roof is flat.") == 1
+    hits = memory.search("hives on the roof", thread_id="t1", user_id=None, k=3)
+    assert question in texts(hits)
+
+
+def test_a_search_reads_what_changed_not_the_whole_thread(memory: ChromaMemory) -> None:
+    memory.add(
+        [rec("t1", n, f"Note {n} about the allotment and its {n} beds.") for n in range(300)]
+    )
+    memory.search("allotment beds", thread_id="t1", user_id=None, k=4)
+    read: list[int] = []
+    collection = memory._collection
+    original = collection.get
+
+    def counting_get(*args: Any, **kwargs: Any) -> Any:
+        got = original(*args, **kwargs)
+        read.append(len(got["ids"]))
+        return got
+
+    collection.get = counting_get  # type: ignore[method-assign]
+    memory.add([rec("t1", 300, "Note 300: the allotment gets a shed.")])
+    hits = memory.search("allotment shed", thread_id="t1", user_id=None, k=4)
+    assert hits[0].record.text == "Note 300: the allotment gets a shed."
+    # The new record, and the embeddings of at most the keyword candidates (64): never the
+    # thread's 301 records.
+    assert read[0] == 1
+    assert sum(read) <= 1 + 64
+
+
+def test_keyword_index_scores_as_bm25_over_the_same_documents() -> None:
+    from store.lexical import KeywordIndex
+
+    corpus = {
+        "a": "the cat sat on the mat",
+        "b": "the dog sat",
+        "c": "a cat and a dog and a cat",
+        "d": "zebras graze",
+    }
+    index = KeywordIndex()
+    for doc_id, text in corpus.items():
+        index.put(doc_id, tokenize_doc(text))
+    index.put("d", tokenize_doc("zebras and cats graze"))  # replaced, not added
+    corpus["d"] = "zebras and cats graze"
+    query = terms("cat dog zebra")
+    for left_out in ((), ("b",), ("a", "d")):
+        kept = [d for d in corpus if d not in left_out]
+        expected = BM25Scorer([tokenize_doc(corpus[d]) for d in kept]).scores(query)
+        got = index.scores(query, exclude=left_out)
+        for doc_id, score in zip(kept, expected, strict=True):
+            assert got.get(doc_id, 0.0) == pytest.approx(score)
+    index.remove("c")
+    assert "c" not in index.scores(query)
+    assert len(index) == 3
+
+
+def test_neighbours_before_bring_what_a_recalled_reply_answered(memory: ChromaMemory) -> None:
+    memory.add(
+        [
+            rec("t1", 1, "Which platform for the S9?"),
+            rec("t1", 1, "Platform four, at the far end.", role="assistant"),
+            rec("t1", 2, "Thanks a lot."),
+        ]
+    )
+    hits = memory.search(
+        "platform four far end", thread_id="t1", user_id=None, k=1, neighbours_before=1
+    )
+    assert [h.record.id for h in hits] == ["t1:1:assistant", "t1:1:user"]
+    assert hits[1].record.extra["neighbour_of"] == "t1:1:assistant"
