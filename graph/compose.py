@@ -72,7 +72,13 @@ async def open_service(
             embedder = await asyncio.to_thread(load_embedder, embedder or settings.embedder)
         memory = await asyncio.to_thread(memory_from_settings, settings, embedder)
     url = settings.resolved_checkpointer_url()
-    async with open_checkpointer(url) as saver, open_thread_registry(url) as registry:
+    close = getattr(chat_model, "close", None)
+    async with contextlib.AsyncExitStack() as stack:
+        if callable(close):
+            # The generation engine's loop stops with the service (it restarts on next use).
+            stack.push_async_callback(asyncio.to_thread, close)
+        saver = await stack.enter_async_context(open_checkpointer(url))
+        registry = await stack.enter_async_context(open_thread_registry(url))
         graph = compile_graph(Deps(chat_model=chat_model, memory=memory), checkpointer=saver)
         yield ChatService(
             graph=graph,

@@ -202,6 +202,7 @@ class BatchedEngine:
                 # that its prefix cache can be observed before the loop starts.
                 manager.warmup()
             self._watch_prefix_hits(manager)
+
             # The manager's loop thread inherits the daemon flag of the thread that starts it:
             # a daemon starter lets the process exit even if nobody closes the engine.
             # Inference mode is thread-local; the loop takes the one of the thread starting it.
