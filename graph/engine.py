@@ -9,6 +9,7 @@ scheduling, batching, the cache and sampling are the engine's own.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -91,6 +92,7 @@ class EngineRequest:
             new, self._seen = tokens[self._seen :], max(self._seen, len(tokens))
             if output.is_finished():
                 self.finished = True
+                self._engine.lifespans.append(tuple(output.lifespan))
             if new:
                 yield new
 
@@ -126,6 +128,9 @@ class BatchedEngine:
         """Requests submitted over the engine's life (observability and tests)."""
         self.peak_concurrency = 0
         """Most requests that were in the engine at the same time."""
+        self.lifespans: collections.deque[tuple[float, float]] = collections.deque(maxlen=256)
+        """(start, end) of the last finished requests, in ``time.perf_counter`` seconds: when
+        the engine began computing each and when it finished it."""
 
     @classmethod
     def for_model(
