@@ -52,6 +52,14 @@ TURN_FRAME = (
 )
 
 QUOTE_OPEN, QUOTE_CLOSE = QUOTED_DATA_FENCE
+
+
+def user_text_of(prompt_text: str) -> str:
+    """The user's own text in the last message of a prompt (without the turn's context)."""
+    marker = TURN_FRAME[1] + "\n\n"
+    return prompt_text.split(marker, 1)[1] if prompt_text.startswith(TURN_FRAME[0]) else prompt_text
+
+
 FENCES = {"memories": QUOTED_DATA_FENCE}
 
 
