@@ -15,6 +15,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from graph.builder import Deps, compile_graph
 from graph.loading import load_chat_model
+from graph.memory_writes import DeferredWrites
 from graph.service import ChatService
 from graph.settings import Settings
 from nodes.context import Context
@@ -77,6 +78,9 @@ async def open_service(
         if callable(close):
             # The generation engine's loop stops with the service (it restarts on next use).
             stack.push_async_callback(asyncio.to_thread, close)
+        # The turn's memory write runs after its stream closed; reads wait for it.
+        memory = DeferredWrites(memory)
+        stack.push_async_callback(asyncio.to_thread, memory.close)
         saver = await stack.enter_async_context(open_checkpointer(url))
         registry = await stack.enter_async_context(open_thread_registry(url))
         graph = compile_graph(Deps(chat_model=chat_model, memory=memory), checkpointer=saver)
