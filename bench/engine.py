@@ -95,13 +95,11 @@ def build_models(folder: Path) -> tuple[Path, Path]:
 
 
 def load(path: Path, engine: str, **fields: Any) -> QwenChatModel:
-    """A chat model over ``path`` with the given engine; greedy runs never end early."""
+    """A chat model over ``path`` with the given engine."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
-    # No end-of-reply token: every reply is exactly max_new_tokens long in both arms.
-    model.generation_config.eos_token_id = None
     return QwenChatModel.from_model(model, tokenizer, model_id=str(path), engine=engine, **fields)
 
 

@@ -7,7 +7,7 @@ thread first waits for that thread's queued writes, so the next turn on a thread
 what the previous one remembered: the per-thread order holds. A write that fails is retried
 with a growing pause; one that still fails is logged with its record ids and kept, to be
 tried again before the thread's next read. Only a write the store refuses because the thread
-was deleted is dropped (the thread is gone).
+was deleted (the thread is gone) or rejects as invalid (logged as an error) is dropped.
 """
 
 from __future__ import annotations
@@ -92,6 +92,14 @@ class DeferredWrites:
             except ThreadDeletedError:
                 log.info("memory write dropped: thread %s was deleted", thread_id)
                 return True
+            except ValueError:
+                # Records the store rejects will never be accepted: trying again cannot help.
+                log.exception(
+                    "memory write rejected for thread %s, not retried: %s",
+                    thread_id,
+                    ", ".join(record.id for record in records),
+                )
+                return False
             except Exception:
                 if attempt < attempts:
                     log.warning(
