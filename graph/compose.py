@@ -16,6 +16,7 @@ from langgraph.graph.state import CompiledStateGraph
 from graph.builder import Deps, compile_graph
 from graph.loading import load_chat_model
 from graph.memory_writes import DeferredWrites
+from graph.remote_model import RemoteChatModel, load_remote_chat_model
 from graph.service import ChatService
 from graph.settings import Settings
 from nodes.context import Context
@@ -25,7 +26,20 @@ from store.checkpointer import open_checkpointer
 from store.embeddings import load_embedder
 from store.threads import open_thread_registry
 
-__all__ = ["default_context", "memory_from_settings", "open_service", "studio_graph"]
+__all__ = [
+    "chat_model_from_settings",
+    "default_context",
+    "memory_from_settings",
+    "open_service",
+    "studio_graph",
+]
+
+
+def chat_model_from_settings(settings: Settings) -> BaseChatModel:
+    """The in-process model, or the engine-backed one when ``settings.engine_url`` is set."""
+    if settings.engine_url:
+        return load_remote_chat_model(settings)
+    return load_chat_model(settings)
 
 
 def default_context(settings: Settings) -> Context:
@@ -61,13 +75,14 @@ async def open_service(
 
     Args:
         settings: Deployment settings (built from the environment when None).
-        chat_model: A ready chat model; loaded from ``settings.model`` when None.
+        chat_model: A ready chat model; from ``chat_model_from_settings`` when None.
         embedder: An embedder or a name for ``load_embedder``; ``settings.embedder`` when None.
         memory: A ready vector memory; a Chroma store from settings when None.
     """
     settings = settings or Settings()
+    owned = chat_model is None
     if chat_model is None:
-        chat_model = await asyncio.to_thread(load_chat_model, settings)
+        chat_model = await asyncio.to_thread(chat_model_from_settings, settings)
     if memory is None:
         if embedder is None or isinstance(embedder, str):
             embedder = await asyncio.to_thread(load_embedder, embedder or settings.embedder)
@@ -75,7 +90,10 @@ async def open_service(
     url = settings.resolved_checkpointer_url()
     close = getattr(chat_model, "close", None)
     async with contextlib.AsyncExitStack() as stack:
-        if callable(close):
+        if isinstance(chat_model, RemoteChatModel):
+            if owned:
+                stack.push_async_callback(chat_model.aclose)
+        elif callable(close):
             # The generation engine's loop stops with the service (it restarts on next use).
             stack.push_async_callback(asyncio.to_thread, close)
         # The turn's memory write runs after its stream closed; reads wait for it.
@@ -101,5 +119,5 @@ def studio_graph(
     """The graph the way LangGraph Studio serves it: real model and memory, no checkpointer."""
     settings = settings or Settings()
     memory = memory_from_settings(settings, load_embedder(settings.embedder))
-    deps = Deps(chat_model=load_chat_model(settings), memory=memory)
+    deps = Deps(chat_model=chat_model_from_settings(settings), memory=memory)
     return compile_graph(deps, checkpointer=None)
