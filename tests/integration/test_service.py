@@ -237,7 +237,9 @@ async def test_slot_correction_replaces_the_remembered_fact(service: ChatService
     assert service.memory is not None
 
     def fact() -> str:
-        # Read by id: search would fold the fact into the near-identical user turn.
+        # Read by id: search would fold the fact into the near-identical user turn. Writes
+        # land after the turn: wait for the thread's before reading the collection directly.
+        service.memory.wait("t")  # type: ignore[union-attr]
         stored = service.memory._collection.get(ids=["t:fact:email"])  # type: ignore[union-attr]
         return " ".join(stored["documents"] or [])
 
