@@ -17,7 +17,7 @@ from graph.locks import ThreadLocks
 from nodes.context import Context
 from nodes.memory import MemoryStore
 from nodes.state import ChatState
-from store.checkpointer import prune_checkpoints
+from store.checkpointer import forget_on_disk, prune_checkpoints
 from store.threads import ThreadRecord, ThreadRegistry
 
 __all__ = ["ServiceCore", "valid_thread_id"]
@@ -92,10 +92,19 @@ class ServiceCore:
             raise ThreadNotFoundError(f"thread {thread_id!r} not found")
         return record
 
-    async def _prune(self, thread_id: str) -> None:
-        """Keep the thread's last ``keep_checkpoints`` checkpoints (every write adds one)."""
-        if self.keep_checkpoints > 0:
+    async def _prune(self, thread_id: str, *, keep: int | None = None) -> None:
+        """Keep the thread's last ``keep`` (default ``keep_checkpoints``) checkpoints."""
+        keep = self.keep_checkpoints if keep is None else keep
+        if keep > 0:
             try:
-                await prune_checkpoints(self.checkpointer, thread_id, keep=self.keep_checkpoints)
+                await prune_checkpoints(self.checkpointer, thread_id, keep=keep)
             except Exception:  # pruning is housekeeping; the write is saved either way
                 log.warning("could not prune checkpoints of %s", thread_id, exc_info=True)
+
+    async def _forget_on_disk(self, thread_id: str) -> None:
+        """After a deletion: truncate the checkpoint file's write-ahead log (SQLite)."""
+        if not await forget_on_disk(self.checkpointer):
+            log.warning(
+                "the checkpoint log stayed in use after forgetting %s; run steadychat scrub",
+                thread_id,
+            )

@@ -92,6 +92,7 @@ class ThreadOperations(ServiceCore):
             await self.checkpointer.adelete_thread(thread_id)
             if self.memory is not None:
                 await asyncio.to_thread(self.memory.delete_thread, thread_id)
+            await self._forget_on_disk(thread_id)
 
     async def reset_thread(self, thread_id: str, *, owner: str | None = None) -> ThreadRecord:
         """Clear the thread's state, vectors and slots but keep the thread (same id, title)."""
@@ -101,6 +102,7 @@ class ThreadOperations(ServiceCore):
             if self.memory is not None:
                 await asyncio.to_thread(self.memory.clear_thread, thread_id)
             await self.registry.touch(thread_id, turns=0)
+            await self._forget_on_disk(thread_id)
         return await self._record(thread_id, owner)
 
     async def history(
@@ -130,8 +132,9 @@ class ThreadOperations(ServiceCore):
         """Correct (str) or clear (None) slots; the old value goes to the slot's history.
 
         A corrected value also replaces the slot's fact in vector memory, as a correction made
-        in conversation does, and a cleared slot's fact is deleted, so that recall no longer
-        offers the old value.
+        in conversation does. A cleared slot is forgotten: its history is emptied, its fact
+        deleted from vector memory, and the thread's older checkpoints (which hold the value)
+        pruned, so that only the newest checkpoint stays.
         """
         record = await self._record(thread_id, owner)
         async with self._locks.hold(thread_id):
@@ -153,7 +156,11 @@ class ThreadOperations(ServiceCore):
                 if self.memory is not None and cleared:
                     await asyncio.to_thread(self.memory.delete_records, cleared)
                 await self.registry.touch(thread_id)
-                await self._prune(thread_id)
+                if cleared:
+                    await self._prune(thread_id, keep=1)
+                    await self._forget_on_disk(thread_id)
+                else:
+                    await self._prune(thread_id)
             current.update(updates)
             return current
 

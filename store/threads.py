@@ -259,6 +259,9 @@ class ThreadRegistry(ABC):
     async def mark_deleted(self, thread_id: str) -> bool:
         """Tombstone the thread: hidden from now on, late writes refused, id never reused.
 
+        The tombstone keeps the id, the owner and the dates; the title and metadata are
+        erased.
+
         An id never registered gets a tombstone too (owner ""), so a thread that only ever had
         checkpoints is also protected from late writes.
 
@@ -278,7 +281,9 @@ class ThreadRegistry(ABC):
                 return False
             if record.is_deleted:
                 return False
-            await self._update(tx, replace(record, deleted_at=now, updated_at=now))
+            # The tombstone keeps the id and owner only: title and metadata are forgotten.
+            tombstone = replace(record, title=None, metadata={}, deleted_at=now, updated_at=now)
+            await self._update(tx, tombstone)
             return True
 
     async def is_deleted(self, thread_id: str) -> bool:
@@ -641,6 +646,7 @@ async def open_thread_registry(
         path = _prepare_sqlite_path(target.location)
         async with aiosqlite.connect(path) as conn:
             await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA secure_delete = ON")
             registry = SqliteThreadRegistry(conn, clock=clock)
             await registry.setup()
             yield registry
