@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import replace
 from typing import Any
@@ -20,19 +21,26 @@ from nodes.state import ChatState
 from store.checkpointer import forget_on_disk, prune_checkpoints
 from store.threads import ThreadRecord, ThreadRegistry
 
-__all__ = ["ServiceCore", "valid_thread_id"]
+__all__ = ["THREAD_ID_PATTERN", "THREAD_ID_RULE", "ServiceCore", "valid_thread_id"]
 
 log = logging.getLogger("graph.service")
 
 
+THREAD_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._:-]{0,127}$"
+"""The one rule for a thread id, wherever it comes in (REST path, ``X-Thread-Id``, the CLI):
+it goes into URLs, headers and log lines as it is, so no white space, no control character,
+nothing a path would normalise ("." or "..")."""
+THREAD_ID_RULE = (
+    "a thread id is 1 to 128 characters: ASCII letters, digits and . _ : - "
+    "(starting with a letter, a digit or _)"
+)
+"""``THREAD_ID_PATTERN`` in words, for error messages."""
+_THREAD_ID = re.compile(THREAD_ID_PATTERN)
+
+
 def valid_thread_id(thread_id: object) -> bool:
-    """Whether ``thread_id`` can name a thread: 1-128 printable characters, not all blank."""
-    return (
-        isinstance(thread_id, str)
-        and 0 < len(thread_id) <= 128
-        and thread_id.isprintable()
-        and bool(thread_id.strip())
-    )
+    """Whether ``thread_id`` can name a thread (``THREAD_ID_PATTERN``)."""
+    return isinstance(thread_id, str) and _THREAD_ID.fullmatch(thread_id) is not None
 
 
 class ServiceCore:

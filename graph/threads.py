@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from graph.core import ServiceCore, valid_thread_id
+from graph.core import THREAD_ID_RULE, ServiceCore, valid_thread_id
 from graph.errors import ServiceError, ThreadNotFoundError
 from graph.views import CheckpointView, ThreadView, window_messages
 from nodes.remember import slot_memory_changes
@@ -32,7 +32,7 @@ class ThreadOperations(ServiceCore):
         """Register a thread (id generated when not given; an existing id raises ServiceError)."""
         thread_id = thread_id or uuid.uuid4().hex
         if not valid_thread_id(thread_id):
-            raise ServiceError("a thread id is 1 to 128 printable characters, not only white space")
+            raise ServiceError(f"invalid thread id {thread_id!r}: {THREAD_ID_RULE}")
         if await self.registry.is_deleted(thread_id):
             raise ServiceError(f"thread id {thread_id!r} belonged to a deleted thread")
         try:
@@ -46,7 +46,7 @@ class ThreadOperations(ServiceCore):
     async def ensure_thread(self, thread_id: str, *, owner: str = "anonymous") -> ThreadRecord:
         """The thread, created for ``owner`` if it does not exist yet."""
         if not valid_thread_id(thread_id):
-            raise ServiceError("a thread id is 1 to 128 printable characters, not only white space")
+            raise ServiceError(f"invalid thread id {thread_id!r}: {THREAD_ID_RULE}")
         record = await self.registry.get(thread_id)
         if record is None:
             if await self.registry.is_deleted(thread_id):
