@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.graph.state import CompiledStateGraph
@@ -25,6 +27,8 @@ from store.embeddings import load_embedder
 from store.threads import open_thread_registry
 
 __all__ = ["default_context", "memory_from_settings", "open_service", "studio_graph"]
+
+log = logging.getLogger("graph.service")
 
 
 def default_context(settings: Settings) -> Context:
@@ -44,8 +48,14 @@ def memory_from_settings(settings: Settings, embedder: Embedder) -> MemoryStore:
     from store.vector_memory import ChromaMemory  # imports chromadb: only when needed
 
     if settings.chroma_url:
-        return ChromaMemory.from_url(settings.chroma_url, embedder)
-    return ChromaMemory.persistent(settings.resolved_chroma_path(), embedder)
+        return ChromaMemory.from_url(
+            settings.chroma_url, embedder, max_records_per_thread=settings.max_memories_per_thread
+        )
+    return ChromaMemory.persistent(
+        settings.resolved_chroma_path(),
+        embedder,
+        max_records_per_thread=settings.max_memories_per_thread,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -74,7 +84,7 @@ async def open_service(
     url = settings.resolved_checkpointer_url()
     async with open_checkpointer(url) as saver, open_thread_registry(url) as registry:
         graph = compile_graph(Deps(chat_model=chat_model, memory=memory), checkpointer=saver)
-        yield ChatService(
+        service = ChatService(
             graph=graph,
             chat_model=chat_model,
             checkpointer=saver,
@@ -83,6 +93,30 @@ async def open_service(
             defaults=default_context(settings),
             keep_checkpoints=settings.keep_checkpoints,
         )
+        if settings.retention_idle_days is None:
+            yield service
+            return
+        sweeper = asyncio.create_task(_sweep_forever(service, settings))
+        try:
+            yield service
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+
+async def _sweep_forever(service: ChatService, settings: Settings) -> None:
+    """Retention: delete idle threads now and every ``retention_sweep_seconds``."""
+    assert settings.retention_idle_days is not None
+    max_idle = timedelta(days=settings.retention_idle_days)
+    while True:
+        try:
+            deleted = await service.sweep_idle(max_idle)
+            if deleted:
+                log.info("retention: deleted %d idle thread(s)", len(deleted))
+        except Exception:  # housekeeping: the next sweep tries again
+            log.warning("retention sweep failed", exc_info=True)
+        await asyncio.sleep(settings.retention_sweep_seconds)
 
 
 def studio_graph(

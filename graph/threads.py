@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from graph.core import THREAD_ID_RULE, ServiceCore, valid_thread_id
@@ -93,6 +93,34 @@ class ThreadOperations(ServiceCore):
             if self.memory is not None:
                 await asyncio.to_thread(self.memory.delete_thread, thread_id)
             await self._forget_on_disk(thread_id)
+
+    async def sweep_idle(self, max_idle: timedelta, *, now: datetime | None = None) -> list[str]:
+        """Delete every thread idle for longer than ``max_idle`` (retention), as ``delete_thread``.
+
+        Args:
+            max_idle: How long a thread may go without a turn or a correction.
+            now: The current time (tests pass their own).
+
+        Returns:
+            The ids of the deleted threads.
+        """
+        cutoff = (now or datetime.now(UTC)) - max_idle
+        deleted: list[str] = []
+        while True:
+            batch = [t for t in await self.registry.idle_since(cutoff) if t not in deleted]
+            if not batch:
+                return deleted
+            for thread_id in batch:
+                record = await self.registry.get(thread_id)
+                if record is None or record.updated_at >= cutoff:
+                    continue  # deleted or active since it was listed
+                try:
+                    await self.delete_thread(thread_id)
+                except ThreadNotFoundError:
+                    continue
+                deleted.append(thread_id)
+            if len(batch) < 100:
+                return deleted
 
     async def reset_thread(self, thread_id: str, *, owner: str | None = None) -> ThreadRecord:
         """Clear the thread's state, vectors and slots but keep the thread (same id, title)."""

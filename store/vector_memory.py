@@ -236,6 +236,7 @@ class ChromaMemory:
         ranking: Literal["score", "rrf"] = "score",
         candidates: int = 64,
         duplicate_threshold: float = 0.9,
+        max_records_per_thread: int | None = None,
     ) -> None:
         """Open (or create) the collection.
 
@@ -250,6 +251,8 @@ class ChromaMemory:
             candidates: Minimum candidates taken from each ranking before fusion.
             duplicate_threshold: Hits whose term sets overlap this much (Jaccard) with a
                 better hit are dropped as near-duplicates.
+            max_records_per_thread: A thread keeps at most this many records; a write beyond
+                it forgets the oldest (lowest turn, then earliest written) first. None: no cap.
 
         Raises:
             ValueError: Bad option, or the collection was built with a different embedding
@@ -261,6 +264,11 @@ class ChromaMemory:
             raise ValueError(f"ranking must be 'score' or 'rrf', got {ranking!r}")
         if candidates < 1:
             raise ValueError(f"candidates must be positive, got {candidates}")
+        if max_records_per_thread is not None and max_records_per_thread < 1:
+            raise ValueError(
+                f"max_records_per_thread must be positive, got {max_records_per_thread}"
+            )
+        self._max_per_thread = max_records_per_thread
         self._embedder = embedder
         self._dense_weight = dense_weight
         self._ranking = ranking
@@ -412,6 +420,29 @@ class ChromaMemory:
             taken_back = [r for r in records if r.thread_id in late]
             self._forget([r.id for r in taken_back], [self._metadata(r) for r in taken_back])
             raise ThreadDeletedError(f"thread {sorted(late)[0]!r} has been deleted")
+        if self._max_per_thread is not None:
+            for thread in threads:
+                self._evict_oldest(thread, keep=self._max_per_thread, written=set(ids))
+
+    def _evict_oldest(self, thread_id: str, *, keep: int, written: set[str]) -> int:
+        """Forget the thread's oldest records beyond ``keep`` (never the ones just written)."""
+        where: Where = {"thread_id": thread_id}
+        stored = self._collection.get(where=where, include=["metadatas"])
+        if len(stored["ids"]) <= keep:
+            return 0
+        metas: list[dict[str, Any]] = [dict(m or {}) for m in stored["metadatas"] or []]
+        rows = sorted(
+            zip(stored["ids"], metas, strict=True),
+            key=lambda row: (
+                int(row[1].get("turn", 0)),
+                float(row[1].get("written_at", 0.0)),
+                row[0],
+            ),
+        )
+        excess = [row for row in rows if row[0] not in written][: len(rows) - keep]
+        # A cap is housekeeping on every write: the file is scrubbed by the next deletion.
+        self._forget([r[0] for r in excess], [r[1] for r in excess], scrub=False)
+        return len(excess)
 
     def _embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Embed texts in one batch, reusing the vectors of texts just searched for."""
