@@ -430,6 +430,37 @@ def bench_command(args: argparse.Namespace) -> int:
     return int(result or 0)
 
 
+# ----------------------------------------------------------------------------- maintenance
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--days", type=float, help="idle age in days (default: STEADYCHAT_RETENTION_IDLE_DAYS)"
+    )
+
+
+@subcommand("sweep", help="delete threads idle past the retention age", arguments=_sweep_arguments)
+def sweep_command(args: argparse.Namespace) -> int:
+    """``steadychat sweep [--days N]``: the retention sweep, once."""
+    settings = _settings_from_args(args)
+    if settings is None:
+        return 2
+    from api.maintenance import run_sweep
+
+    return run_sweep(settings, days=args.days)
+
+
+@subcommand("scrub", help="remove deleted data's bytes from the local files (server stopped)")
+def scrub_command(args: argparse.Namespace) -> int:
+    """``steadychat scrub``: vacuum the SQLite checkpoints and the local Chroma store."""
+    settings = _settings_from_args(args)
+    if settings is None:
+        return 2
+    from api.maintenance import run_scrub
+
+    return run_scrub(settings)
+
+
 # ----------------------------------------------------------------------------- tiny model
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.graph.state import CompiledStateGraph
@@ -42,6 +44,9 @@ def chat_model_from_settings(settings: Settings) -> BaseChatModel:
     return load_chat_model(settings)
 
 
+log = logging.getLogger("graph.service")
+
+
 def default_context(settings: Settings) -> Context:
     """The per-run defaults a deployment's settings imply."""
     return Context(
@@ -59,8 +64,14 @@ def memory_from_settings(settings: Settings, embedder: Embedder) -> MemoryStore:
     from store.vector_memory import ChromaMemory  # imports chromadb: only when needed
 
     if settings.chroma_url:
-        return ChromaMemory.from_url(settings.chroma_url, embedder)
-    return ChromaMemory.persistent(settings.resolved_chroma_path(), embedder)
+        return ChromaMemory.from_url(
+            settings.chroma_url, embedder, max_records_per_thread=settings.max_memories_per_thread
+        )
+    return ChromaMemory.persistent(
+        settings.resolved_chroma_path(),
+        embedder,
+        max_records_per_thread=settings.max_memories_per_thread,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -102,7 +113,7 @@ async def open_service(
         saver = await stack.enter_async_context(open_checkpointer(url))
         registry = await stack.enter_async_context(open_thread_registry(url))
         graph = compile_graph(Deps(chat_model=chat_model, memory=memory), checkpointer=saver)
-        yield ChatService(
+        service = ChatService(
             graph=graph,
             chat_model=chat_model,
             checkpointer=saver,
@@ -111,6 +122,30 @@ async def open_service(
             defaults=default_context(settings),
             keep_checkpoints=settings.keep_checkpoints,
         )
+        if settings.retention_idle_days is not None:
+            sweeper = asyncio.create_task(_sweep_forever(service, settings))
+            stack.push_async_callback(_stop_task, sweeper)
+        yield service
+
+
+async def _stop_task(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _sweep_forever(service: ChatService, settings: Settings) -> None:
+    """Retention: delete idle threads now and every ``retention_sweep_seconds``."""
+    assert settings.retention_idle_days is not None
+    max_idle = timedelta(days=settings.retention_idle_days)
+    while True:
+        try:
+            deleted = await service.sweep_idle(max_idle)
+            if deleted:
+                log.info("retention: deleted %d idle thread(s)", len(deleted))
+        except Exception:  # housekeeping: the next sweep tries again
+            log.warning("retention sweep failed", exc_info=True)
+        await asyncio.sleep(settings.retention_sweep_seconds)
 
 
 def studio_graph(

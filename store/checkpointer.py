@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -18,6 +19,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 __all__ = [
     "ACCEPTED_URLS",
     "StoreURL",
+    "forget_on_disk",
     "open_checkpointer",
     "open_sync_checkpointer",
     "parse_store_url",
@@ -142,6 +144,8 @@ async def open_checkpointer(
     if target.kind == "sqlite":
         path = _prepare_sqlite_path(target.location)
         async with aiosqlite.connect(path) as conn:
+            # Deleted rows are overwritten with zeros, not only unlinked (see forget_on_disk).
+            await conn.execute("PRAGMA secure_delete = ON")
             saver = AsyncSqliteSaver(conn)
             await saver.setup()  # runs PRAGMA journal_mode=WAL and CREATE TABLE IF NOT EXISTS
             yield saver
@@ -189,6 +193,7 @@ def open_sync_checkpointer(
         path = _prepare_sqlite_path(target.location)
         # The saver serialises access with its own lock, so any thread may use it.
         conn = sqlite3.connect(path, check_same_thread=False)
+        conn.execute("PRAGMA secure_delete = ON")
         try:
             saver = SqliteSaver(conn)
             saver.setup()
@@ -333,3 +338,30 @@ async def prune_checkpoints(saver: BaseCheckpointSaver[Any], thread_id: str, kee
         f"cannot prune checkpoints of {type(saver).__name__}; supported: InMemorySaver, "
         "AsyncSqliteSaver, AsyncPostgresSaver"
     )
+
+
+async def forget_on_disk(saver: BaseCheckpointSaver[Any]) -> bool:
+    """Make what was just deleted from a SQLite checkpointer unreadable in its files.
+
+    The saver's connection has secure deletion on, so deleted rows are zeroed in the pages
+    that held them; but in WAL mode the pages as they were before the delete stay in the
+    ``-wal`` file until it is checkpointed. This checkpoints it and truncates it to zero
+    bytes (retried while another connection reads or writes; the thread registry shares the
+    file). Other savers keep nothing on disk of their own (memory) or delete rows
+    (PostgreSQL): a no-op.
+
+    Args:
+        saver: A checkpointer ``open_checkpointer`` returned.
+
+    Returns:
+        False when the write-ahead log stayed in use and could not be truncated.
+    """
+    if not isinstance(saver, AsyncSqliteSaver):
+        return True
+    for _ in range(100):
+        async with saver.lock, saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+            row = await cur.fetchone()
+        if row is None or int(row[0]) == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
