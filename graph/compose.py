@@ -15,13 +15,16 @@ from langgraph.graph.state import CompiledStateGraph
 
 from graph.builder import Deps, compile_graph
 from graph.loading import load_chat_model
+from graph.locks import TurnLocks
 from graph.service import ChatService
 from graph.settings import Settings
 from nodes.context import Context
 from nodes.memory import Embedder, MemoryStore
 from nodes.state import ChatState
-from store.checkpointer import open_checkpointer
+from store.checkpointer import open_checkpointer, parse_store_url
 from store.embeddings import load_embedder
+from store.idempotency import PostgresIdempotencyStore, open_idempotency_store
+from store.locks import open_postgres_locks
 from store.threads import open_thread_registry
 
 __all__ = ["default_context", "memory_from_settings", "open_service", "studio_graph"]
@@ -72,7 +75,18 @@ async def open_service(
             embedder = await asyncio.to_thread(load_embedder, embedder or settings.embedder)
         memory = await asyncio.to_thread(memory_from_settings, settings, embedder)
     url = settings.resolved_checkpointer_url()
-    async with open_checkpointer(url) as saver, open_thread_registry(url) as registry:
+    async with contextlib.AsyncExitStack() as stack:
+        saver = await stack.enter_async_context(open_checkpointer(url))
+        registry = await stack.enter_async_context(open_thread_registry(url))
+        locks: TurnLocks | None = None
+        keys: PostgresIdempotencyStore | None = None
+        if parse_store_url(url).kind == "postgres":
+            # Several API processes may share this database: one turn at a time per thread
+            # and Idempotency-Keys hold across all of them.
+            locks = await stack.enter_async_context(
+                open_postgres_locks(url, max_connections=settings.lock_connections)
+            )
+            keys = await stack.enter_async_context(open_idempotency_store(url))
         graph = compile_graph(Deps(chat_model=chat_model, memory=memory), checkpointer=saver)
         yield ChatService(
             graph=graph,
@@ -82,6 +96,8 @@ async def open_service(
             memory=memory,
             defaults=default_context(settings),
             keep_checkpoints=settings.keep_checkpoints,
+            locks=locks,
+            keys=keys,
         )
 
 
