@@ -193,12 +193,16 @@ def postgres_server(folder: Path | None = None) -> Iterator[str]:
     base = Path(tempfile.mkdtemp(prefix="scpg-", dir=None if user else folder))
     if user is not None:
         os.chown(base, user.pw_uid, user.pw_gid)
-    as_user = {"user": user.pw_uid, "group": user.pw_gid} if user is not None else {}
     data, port = base / "data", free_port()
 
     def run(*args: str) -> None:
         subprocess.run(
-            args, check=True, capture_output=True, env={**os.environ, "LC_ALL": "C"}, **as_user
+            args,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "LC_ALL": "C"},
+            user=user.pw_uid if user is not None else None,
+            group=user.pw_gid if user is not None else None,
         )
 
     run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth", "trust", "--no-sync")
