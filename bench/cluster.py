@@ -205,7 +205,19 @@ def postgres_server(folder: Path | None = None) -> Iterator[str]:
             group=user.pw_gid if user is not None else None,
         )
 
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth", "trust", "--no-sync")
+    run(
+        str(bindir / "initdb"),
+        "-D",
+        str(data),
+        "-U",
+        "postgres",
+        "--auth",
+        "trust",
+        "--no-sync",
+        "--encoding",
+        "UTF8",
+        "--no-locale",
+    )
     options = (
         f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off "
         "-c synchronous_commit=off -c max_connections=200"
