@@ -16,8 +16,10 @@ import pytest
 from api.errors import ApiError
 from api.idempotency import IdempotencyCache, fingerprint
 from bench.cluster import ApiProcess, ChromaServer, api_processes
+from store.checkpointer import open_checkpointer
 from store.idempotency import open_idempotency_store
 from store.locks import ThreadBusy, advisory_key, open_postgres_locks
+from store.threads import open_thread_registry
 from tests.postgres_server import create_database
 from tests.sse import sse_events
 
@@ -204,3 +206,14 @@ async def test_shared_idempotency_keys_across_two_caches(postgres_db: str) -> No
         failed = await there.claim(owner="o", scope="s", key="f", body_hash=body)
         await failed.release()
         assert not (await here.claim(owner="o", scope="s", key="f", body_hash=body)).replayed
+
+
+async def test_workers_starting_together_on_a_fresh_database(postgres_dsn: str) -> None:
+    async def start(dsn: str) -> None:
+        async with open_checkpointer(dsn), open_thread_registry(dsn):
+            pass
+
+    # LangGraph's migrations of a fresh database collide unless one setup runs at a time.
+    for _ in range(3):
+        dsn = create_database(postgres_dsn)
+        await asyncio.gather(*(start(dsn) for _ in range(4)))
