@@ -258,6 +258,8 @@ def _summary(
     names = [api.name for api in apis]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    for name, text in logs.items():  # kept for reading what the counts above counted
+        (out / f"{name}.log").write_text(text)
     _plot(samples, names, args.warmup, out / "load_rss.png")
     ttft = report.ttft_s
     return {
