@@ -136,6 +136,7 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if service is not None:
             app.state.service = service
+            app.state.idempotency.shared = service.keys
             yield
             return
         from graph.compose import open_service
@@ -143,6 +144,8 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
         logger.info("opening the chat service")
         async with open_service(settings) as opened:
             app.state.service = opened
+            # On PostgreSQL, Idempotency-Keys hold across every process of the deployment.
+            app.state.idempotency.shared = opened.keys
             logger.info("chat service ready")
             try:
                 yield

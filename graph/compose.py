@@ -17,6 +17,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from graph.builder import Deps, compile_graph
 from graph.loading import load_chat_model
+from graph.locks import TurnLocks
 from graph.memory_writes import DeferredWrites
 from graph.remote_model import RemoteChatModel, load_remote_chat_model
 from graph.service import ChatService
@@ -24,8 +25,10 @@ from graph.settings import Settings
 from nodes.context import Context
 from nodes.memory import Embedder, MemoryStore
 from nodes.state import ChatState
-from store.checkpointer import open_checkpointer
+from store.checkpointer import open_checkpointer, parse_store_url
 from store.embeddings import load_embedder
+from store.idempotency import PostgresIdempotencyStore, open_idempotency_store
+from store.locks import open_postgres_locks
 from store.threads import open_thread_registry
 
 __all__ = [
@@ -112,6 +115,15 @@ async def open_service(
         stack.push_async_callback(asyncio.to_thread, memory.close)
         saver = await stack.enter_async_context(open_checkpointer(url))
         registry = await stack.enter_async_context(open_thread_registry(url))
+        locks: TurnLocks | None = None
+        keys: PostgresIdempotencyStore | None = None
+        if parse_store_url(url).kind == "postgres":
+            # Several API processes may share this database: one turn at a time per thread
+            # and Idempotency-Keys hold across all of them.
+            locks = await stack.enter_async_context(
+                open_postgres_locks(url, max_connections=settings.lock_connections)
+            )
+            keys = await stack.enter_async_context(open_idempotency_store(url))
         graph = compile_graph(Deps(chat_model=chat_model, memory=memory), checkpointer=saver)
         service = ChatService(
             graph=graph,
@@ -121,6 +133,8 @@ async def open_service(
             memory=memory,
             defaults=default_context(settings),
             keep_checkpoints=settings.keep_checkpoints,
+            locks=locks,
+            keys=keys,
         )
         if settings.retention_idle_days is not None:
             sweeper = asyncio.create_task(_sweep_forever(service, settings))

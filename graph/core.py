@@ -14,11 +14,12 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from graph.errors import ThreadNotFoundError
-from graph.locks import ThreadLocks
+from graph.locks import ThreadLocks, TurnLocks
 from nodes.context import Context
 from nodes.memory import MemoryStore
 from nodes.state import ChatState
 from store.checkpointer import forget_on_disk, prune_checkpoints
+from store.idempotency import PostgresIdempotencyStore
 from store.threads import ThreadRecord, ThreadRegistry
 
 __all__ = ["THREAD_ID_PATTERN", "THREAD_ID_RULE", "ServiceCore", "valid_thread_id"]
@@ -54,6 +55,10 @@ class ServiceCore:
         memory: Vector memory, or None.
         defaults: The context every turn starts from (settings-derived).
         keep_checkpoints: Checkpoints kept per thread after each turn (0 keeps all).
+        locks: Per-thread turn locks; in-process ones when None (one API process). Several
+            processes on one database need ``PostgresThreadLocks``.
+        keys: Idempotency-Key results shared by every process on the database, or None (the
+            API keeps them per process).
     """
 
     def __init__(
@@ -66,6 +71,8 @@ class ServiceCore:
         memory: MemoryStore | None = None,
         defaults: Context | None = None,
         keep_checkpoints: int = 20,
+        locks: TurnLocks | None = None,
+        keys: PostgresIdempotencyStore | None = None,
     ) -> None:
         self.graph = graph
         self.chat_model = chat_model
@@ -74,7 +81,8 @@ class ServiceCore:
         self.memory = memory
         self.defaults = defaults or Context()
         self.keep_checkpoints = keep_checkpoints
-        self._locks = ThreadLocks()
+        self._locks: TurnLocks = locks if locks is not None else ThreadLocks()
+        self.keys = keys
         self._running: dict[str, threading.Event] = {}
         """Cancel events of the turns running now, by thread (a deletion stops its turn)."""
 

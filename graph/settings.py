@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     busy_policy: Literal["wait", "reject"] = "wait"
     """What a message to a thread that is already answering does: ``wait`` queues it,
     ``reject`` answers 409 at once."""
+    lock_connections: int = Field(default=20, ge=1)
+    """PostgreSQL only: connections this process keeps for per-thread turn locks, so the
+    threads it can run or queue at once (a held lock keeps its connection for the turn)."""
     keep_checkpoints: int = Field(default=20, ge=1)
     """Checkpoints kept per thread; older ones are pruned after each turn."""
     host: str = "127.0.0.1"

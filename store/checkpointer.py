@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -107,6 +108,17 @@ async def _postgres_pool(
         await pool.close()
 
 
+_TRY_SETUP_LOCK = "SELECT pg_try_advisory_lock(hashtext('steadychat:setup')) AS locked"
+_SETUP_UNLOCK = "SELECT pg_advisory_unlock(hashtext('steadychat:setup'))"
+
+
+def _first(row: Any) -> Any:
+    """The first column of a row (a dict row or a tuple)."""
+    if row is None:
+        return None
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+
 def _postgres_connection_kwargs() -> dict[str, Any]:
     from psycopg.rows import dict_row
 
@@ -159,7 +171,19 @@ async def open_checkpointer(
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
         pg_saver = AsyncPostgresSaver(conn=pool)
-        await pg_saver.setup()
+        # The saver's migrations race when several workers start at once on a fresh
+        # database (duplicate migration rows): one setup at a time, across processes.
+        async with pool.connection() as conn:
+            # Polled, not a blocking pg_advisory_lock: a statement waiting on the server
+            # would hold a snapshot that the saver's CREATE INDEX CONCURRENTLY waits for.
+            while True:
+                if _first(await (await conn.execute(_TRY_SETUP_LOCK)).fetchone()):
+                    break
+                await asyncio.sleep(0.1)
+            try:
+                await pg_saver.setup()
+            finally:
+                await conn.execute(_SETUP_UNLOCK)
         yield pg_saver
 
 
@@ -213,7 +237,13 @@ def open_sync_checkpointer(
     ) as pool:
         pool.open(wait=True, timeout=connect_timeout)
         pg_saver = PostgresSaver(conn=pool)
-        pg_saver.setup()
+        with pool.connection() as conn:  # one setup at a time, as in open_checkpointer
+            while not _first(conn.execute(_TRY_SETUP_LOCK).fetchone()):
+                time.sleep(0.1)
+            try:
+                pg_saver.setup()
+            finally:
+                conn.execute(_SETUP_UNLOCK)
         yield pg_saver
 
 
