@@ -10,12 +10,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatResult
 
 from graph.compose import open_service
 from graph.errors import ServiceError, ThreadNotFoundError
 from graph.service import ChatService
 from graph.settings import Settings
+from nodes.memory import MemoryStore
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,11 +148,35 @@ def run_replay(settings: Settings, path: Path, thread_id: str, *, out: TextIO = 
     return asyncio.run(main())
 
 
+class _NoModel(BaseChatModel):
+    """Stands in for the chat model where a command only reads checkpoints."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "none"
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        raise RuntimeError("this command reads checkpoints only; no model is loaded")
+
+
+class _NoMemory:
+    """Stands in for vector memory where a command only reads checkpoints."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("this command reads checkpoints only; no vector memory is open")
+
+
 def run_state(settings: Settings, thread_id: str) -> int:
-    """CLI body of `steadychat state`; prints the thread's state as JSON."""
+    """CLI body of `steadychat state`; prints the thread's state as JSON.
+
+    Only the checkpointer and the thread registry are opened: no model, embedder or Chroma.
+    """
 
     async def main() -> int:
-        async with open_service(settings) as service:
+        reader = open_service(
+            settings, chat_model=_NoModel(), memory=cast(MemoryStore, _NoMemory())
+        )
+        async with reader as service:
             try:
                 data = await thread_state(service, thread_id)
             except ThreadNotFoundError:

@@ -23,10 +23,10 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import START, MessagesState, StateGraph
 
 from bench.conversation import scripted_reply, scripted_user_turns
+from bench.fakes import ScriptedChatModel
 from graph.compose import open_service
 from graph.settings import Settings
 from nodes.text import message_text
-from tests.fakes import ScriptedChatModel
 
 MARKS = (10, 50, 200)
 
