@@ -79,29 +79,42 @@ async def replay(
     owner: str = "anonymous",
     progress: TextIO | None = None,
 ) -> int:
-    """Run ``steps`` on ``thread_id`` (created when missing); returns the last turn number."""
+    """Run ``steps`` on ``thread_id`` (created when missing); returns the last turn number.
+
+    With ``progress``, a tqdm bar there shows the turns done, the prompt size and whether the
+    window was compacted.
+    """
+    from tqdm.auto import tqdm
+
     await service.ensure_thread(thread_id, owner=owner)
     turn = 0
-    for i, step in enumerate(steps, 1):
-        ctx = service.context(
-            recorded_reply=step.recorded_reply,
-            recorded_reply_timestamp=(
-                step.recorded_timestamp.isoformat() if step.recorded_timestamp else None
-            ),
-        )
-        result = await service.run_turn(
-            thread_id, step.text, owner=owner, context=ctx, timestamp=step.timestamp
-        )
-        turn = result.turn
-        if progress is not None:
+    bar = tqdm(
+        total=len(steps),
+        desc=f"replaying into {thread_id}",
+        unit="turn",
+        file=progress,
+        disable=progress is None,
+    )
+    try:
+        for step in steps:
+            ctx = service.context(
+                recorded_reply=step.recorded_reply,
+                recorded_reply_timestamp=(
+                    step.recorded_timestamp.isoformat() if step.recorded_timestamp else None
+                ),
+            )
+            result = await service.run_turn(
+                thread_id, step.text, owner=owner, context=ctx, timestamp=step.timestamp
+            )
+            turn = result.turn
             account = result.context_account
-            progress.write(
-                f"\r[{i}/{len(steps)}] turn {turn}: prompt {account.get('total', 0)} tokens, "
+            bar.set_postfix_str(
+                f"turn {turn}: prompt {account.get('total', 0)} tokens, "
                 f"{'compacted' if (account.get('compaction') or {}).get('ran') else 'window'}"
             )
-            progress.flush()
-    if progress is not None:
-        progress.write("\n")
+            bar.update()
+    finally:
+        bar.close()
     return turn
 
 

@@ -49,7 +49,7 @@ def save_figure(figure: Any, path: Path, *, note: str | None = None) -> None:
     import matplotlib.pyplot as plt
 
     if note:
-        figure.text(0.01, 0.0, note, fontsize=7, color="grey", va="bottom")
+        figure.suptitle(note, fontsize=8, color="grey")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
