@@ -454,8 +454,10 @@ def serve_command(args: argparse.Namespace) -> int:
 
     try:
         # Before uvicorn starts: a missing model is one line here, not a failed lifespan, and
-        # a first conversion shows its progress before the server's log begins.
-        resolve_model_source(settings)
+        # a first conversion shows its progress before the server's log begins. With an
+        # engine only the tokenizer is local; its loading reports for itself.
+        if not settings.engine_url:
+            resolve_model_source(settings)
     except ValueError as exc:
         print(f"steadychat serve: {exc}", file=sys.stderr)
         return 1
