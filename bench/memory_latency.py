@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.progress import bar, new_figure, save_figure
 from nodes.memory import MemoryRecord
 from store.embeddings import load_embedder
 from store.vector_memory import ChromaMemory
@@ -75,8 +76,10 @@ def measure(memory: ChromaMemory, sizes: Sequence[int], *, turns: int = 30) -> d
         ``{size: {"search_ms": median, "write_ms": median}}``.
     """
     results: dict[int, Any] = {}
+    progress = bar(sum(sizes) + turns * len(sizes), "memory latency", unit="record")
     for size in sizes:
         thread = f"latency-{size}"
+        progress.set_postfix_str(f"{size} records")
         texts = synthetic_turns(size + 2 * turns, seed=size)
         for start in range(0, size, 200):
             batch = [
@@ -85,6 +88,7 @@ def measure(memory: ChromaMemory, sizes: Sequence[int], *, turns: int = 30) -> d
                 for record in _exchange(thread, pair // 2 + 1, texts[pair], texts[pair + 1])
             ]
             memory.add(batch)
+            progress.update(len(batch))
         search_ms: list[float] = []
         write_ms: list[float] = []
         first = size // 2 + 1
@@ -105,12 +109,29 @@ def measure(memory: ChromaMemory, sizes: Sequence[int], *, turns: int = 30) -> d
             t2 = time.perf_counter()
             search_ms.append((t1 - t0) * 1000)
             write_ms.append((t2 - t1) * 1000)
+            progress.update()
         results[size] = {
             "records": memory.count(thread_id=thread),
             "search_ms": statistics.median(search_ms),
             "write_ms": statistics.median(write_ms),
         }
+    progress.close()
     return results
+
+
+def write_plot(path: Path, results: dict[int, Any], *, title: str) -> None:
+    """Search and write medians against the records in the thread, as a PNG."""
+    figure, axes = new_figure(1, 1, width=6.5, height=3.8)
+    ax = axes[0][0]
+    records = [row["records"] for row in results.values()]
+    ax.plot(records, [row["search_ms"] for row in results.values()], marker="o", label="search")
+    ax.plot(records, [row["write_ms"] for row in results.values()], marker="o", label="write")
+    ax.set_xlabel("records in the thread")
+    ax.set_ylabel("ms (median)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    save_figure(figure, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=30, help="measured turns per size")
     parser.add_argument("--embedder", default="default", help="embedder name (see load_embedder)")
     parser.add_argument("--chroma-url", default=None, help="a Chroma server instead of a folder")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the figures here (and a PNG beside it)"
+    )
     args = parser.parse_args(argv)
     embedder = load_embedder(args.embedder)
     with tempfile.TemporaryDirectory() as folder:
@@ -143,7 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in results.values():
         print(f"| {row['records']} | {row['search_ms']:.1f} | {row['write_ms']:.1f} |")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_plot(
+            args.json.with_suffix(".png"),
+            results,
+            title=f"memory latency per turn ({args.embedder}, {args.turns} turns per size)",
+        )
     sys.stdout.flush()
     return 0
 
