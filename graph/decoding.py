@@ -478,7 +478,7 @@ def _shortest_json(schema: Any, root: dict[str, Any], *, depth: int) -> str:
         return _shortest_json(target, root, depth=depth + 1)
     if "const" in schema:
         return json.dumps(schema["const"])
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return max((json.dumps(v) for v in schema["enum"]), key=len)
     # Of alternatives the longest: the model may take any of them.
     for key in ("anyOf", "oneOf"):
