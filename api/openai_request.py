@@ -185,8 +185,8 @@ def _plan(
     def needs_decoder(param: str, what: str) -> LocalDecoder:
         if decoder is None:
             raise _invalid(
-                f"{what} needs the local model's constrained decoding, which this server's "
-                "model does not offer.",
+                f"{what} needs the in-process model (its generate() and chat template); this "
+                "server's model does not run in process.",
                 param,
                 code="unsupported_parameter",
             )
@@ -212,6 +212,7 @@ def _plan(
                 "tools",
                 code="unsupported_parameter",
             )
+        needs_decoder("tools", "tools")
         if fmt is not None and fmt.type != "text":
             raise _invalid("response_format cannot be combined with tools.", "response_format")
         specs = [
