@@ -15,7 +15,8 @@ from nodes.context import Context
 from nodes.dates import resolve_relative_dates
 from nodes.memory import MemoryHit, MemoryStore
 from nodes.state import ChatState, Snippet
-from nodes.text import message_text
+from nodes.text import message_text, terms
+from nodes.tracking import extract_entities
 
 __all__ = ["make_retrieve_memory", "window_start_turn"]
 
@@ -70,6 +71,93 @@ def _top_memories(hits: Sequence[MemoryHit], k: int) -> list[MemoryHit]:
     return kept
 
 
+def _groups(hits: Sequence[MemoryHit]) -> list[list[MemoryHit]]:
+    """Hits as search returns them, grouped: each memory followed by its neighbours."""
+    groups: list[list[MemoryHit]] = []
+    for hit in hits:
+        if "neighbour_of" in hit.record.extra and groups:
+            groups[-1].append(hit)
+        else:
+            groups.append([hit])
+    return groups
+
+
+def _diverse(hits: Sequence[MemoryHit], k: int, weight: float) -> list[MemoryHit]:
+    """The ``k`` memories (with their neighbours) picked by maximal marginal relevance.
+
+    Each pick maximises ``score - weight * max_overlap``, the overlap being the Jaccard
+    similarity of its terms with a memory already picked: a second memory that says what the
+    first said gives way to one that says something else.
+    """
+    groups = _groups(hits)
+    words = [frozenset(t for h in g for t in terms(h.record.text)) for g in groups]
+    top = max((g[0].score for g in groups), default=0.0) or 1.0
+    picked: list[int] = []
+    left = list(range(len(groups)))
+    while left and len(picked) < k:
+
+        def value(i: int) -> float:
+            overlap = max(
+                (len(words[i] & words[j]) / (len(words[i] | words[j]) or 1) for j in picked),
+                default=0.0,
+            )
+            return groups[i][0].score / top - weight * overlap
+
+        best = max(left, key=value)
+        picked.append(best)
+        left.remove(best)
+    return [h for i in sorted(picked) for h in groups[i]]
+
+
+def _asks_or_reacts(text: str) -> bool:
+    # A question is answered by the record after it, a short reaction explained by it.
+    return text.rstrip().endswith(("?", "？")) or len(text.split()) < 12
+
+
+def _adaptive(hits: Sequence[MemoryHit], room: int) -> list[MemoryHit]:
+    """Memories with their neighbours only where they need them, up to ``room`` records.
+
+    A memory that asks (or only reacts) keeps the record after it; one that tells something
+    stands alone, and the room it leaves goes to the next memory instead.
+    """
+    out: list[MemoryHit] = []
+    for group in _groups(hits):
+        keep = group if _asks_or_reacts(group[0].record.text) else group[:1]
+        if len(out) + len(keep) > room:
+            break
+        out += keep
+    return out
+
+
+def _merge(hits: list[MemoryHit], more: Sequence[MemoryHit], k: int) -> list[MemoryHit]:
+    """``hits`` followed by up to ``k`` memories of ``more`` (with neighbours) not in it."""
+    have = {h.record.id for h in hits}
+    out = list(hits)
+    added = 0
+    for group in _groups(more):
+        if added >= k:
+            break
+        fresh = [h for h in group if h.record.id not in have]
+        if not fresh or group[0].record.id in have:
+            continue
+        out += fresh
+        have.update(h.record.id for h in fresh)
+        added += 1
+    return out
+
+
+def _linked_entities(query: str, hits: Sequence[MemoryHit], limit: int = 4) -> list[str]:
+    """Entities the best memories mention that the query does not (the next hop's names)."""
+    asked = {e.casefold() for e in extract_entities(query)}
+    found: list[str] = []
+    for group in _groups(hits)[:2]:
+        for entity in extract_entities(group[0].record.text):
+            key = entity.casefold()
+            if key not in asked and key not in {f.casefold() for f in found}:
+                found.append(entity)
+    return found[:limit]
+
+
 def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
     """Build the ``retrieve_memory`` node over a memory store.
 
@@ -111,7 +199,8 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
         if not query or ctx.top_k <= 0 or (thread_id is None and not ctx.cross_thread_memory):
             return {"recalled": []}
         window_start = window_start_turn(messages)
-        try:
+
+        def search(text: str, k: int) -> list[MemoryHit]:
             if ctx.cross_thread_memory:
                 # The store's turn filter applies to one thread; across threads, the window
                 # turns of this thread are dropped here, so ask for that many more.
@@ -119,38 +208,60 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
                 if thread_id is not None and window_start is not None:
                     current = max(int(state.get("turn") or 0), window_start)
                     extra = 3 * (current - window_start + 1)
-                hits = memory.search(
-                    query,
+                found = memory.search(
+                    text,
                     thread_id=None,
                     user_id=ctx.user_id,
-                    k=ctx.top_k + extra,
+                    k=k + extra,
                     min_score=ctx.score_floor,
                     neighbours=ctx.memory_neighbours,
                     neighbours_before=ctx.memory_neighbours_before,
                 )
-                hits = _top_memories(
+                return _top_memories(
                     [
                         h
-                        for h in hits
+                        for h in found
                         if not (
                             h.record.thread_id == thread_id
                             and window_start is not None
                             and h.record.turn >= window_start
                         )
                     ],
-                    ctx.top_k,
+                    k,
                 )
+            return memory.search(
+                text,
+                thread_id=thread_id,
+                user_id=None,
+                k=k,
+                min_score=ctx.score_floor,
+                exclude_turns_from=window_start,
+                neighbours=ctx.memory_neighbours,
+                neighbours_before=ctx.memory_neighbours_before,
+            )
+
+        asked = query
+        if ctx.memory_query_entities > 0:
+            tracked = list(state.get("entities") or [])[-ctx.memory_query_entities :]
+            asked = " ".join([query, *tracked])
+        try:
+            if ctx.memory_adaptive_neighbours and ctx.memory_neighbours > 0:
+                room = ctx.top_k * (1 + ctx.memory_neighbours)
+                hits = _adaptive(search(asked, 2 * ctx.top_k), room)
+            elif ctx.memory_diversity > 0:
+                hits = _diverse(search(asked, 2 * ctx.top_k), ctx.top_k, ctx.memory_diversity)
             else:
-                hits = memory.search(
-                    query,
-                    thread_id=thread_id,
-                    user_id=None,
-                    k=ctx.top_k,
-                    min_score=ctx.score_floor,
-                    exclude_turns_from=window_start,
-                    neighbours=ctx.memory_neighbours,
-                    neighbours_before=ctx.memory_neighbours_before,
-                )
+                hits = search(asked, ctx.top_k)
+            if ctx.memory_hops > 0 and hits:
+                linked = _linked_entities(query, hits)
+                if linked:
+                    more = search(" ".join([asked, *linked]), ctx.top_k + ctx.memory_hops)
+                    hits = _merge(hits, more, ctx.memory_hops)
+            if ctx.memory_entity_links > 0:
+                named = extract_entities(query)
+                if named:
+                    more = search(" ".join(named), ctx.top_k + ctx.memory_entity_links)
+                    hits = _merge(hits, more, ctx.memory_entity_links)
         except Exception:
             logger.exception(
                 "memory search failed for thread %s; replying without memories", thread_id
