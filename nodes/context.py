@@ -27,19 +27,10 @@ class Context:
     """Records that follow each recalled one in its thread (the reply to a recalled question)."""
     memory_neighbours_before: int = 0
     """Records just before each recalled one in its thread (what a recalled reply answers)."""
-    memory_adaptive_neighbours: bool = False
-    """Neighbours only for memories that ask or just react; the records saved go to more
-    memories (as many records in all as ``top_k`` with neighbours)."""
-    memory_diversity: float = 0.0
-    """Maximal marginal relevance: > 0 picks the memories from twice as many candidates,
-    each scored ``score - memory_diversity * overlap`` with those already picked."""
-    memory_hops: int = 0
-    """Memories added by a second search naming what the best memories mention (another
-    person, place or thing) besides the user's message."""
-    memory_entity_links: int = 0
-    """Memories added by a search for the entities the user's message names."""
-    memory_query_entities: int = 0
-    """Tracked entities (the state block's, latest first) added to the memory query."""
+    memory_diversity: float = 0.3
+    """Maximal marginal relevance: > 0 picks the ``top_k`` memories from twice as many
+    candidates, each scored ``score / best score - memory_diversity * overlap`` (the Jaccard
+    overlap of its terms with a memory already picked); 0 takes the best ``top_k``."""
     cross_thread_memory: bool = False
     """Recall from all of this user's threads, not just this one."""
     context_window: int = 8192

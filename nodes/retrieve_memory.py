@@ -16,7 +16,6 @@ from nodes.dates import resolve_relative_dates
 from nodes.memory import MemoryHit, MemoryStore
 from nodes.state import ChatState, Snippet
 from nodes.text import message_text, terms
-from nodes.tracking import extract_entities
 
 __all__ = ["make_retrieve_memory", "window_start_turn"]
 
@@ -85,7 +84,7 @@ def _groups(hits: Sequence[MemoryHit]) -> list[list[MemoryHit]]:
 def _diverse(hits: Sequence[MemoryHit], k: int, weight: float) -> list[MemoryHit]:
     """The ``k`` memories (with their neighbours) picked by maximal marginal relevance.
 
-    Each pick maximises ``score - weight * max_overlap``, the overlap being the Jaccard
+    Each pick maximises ``score / best score - weight * max_overlap``, the overlap the Jaccard
     similarity of its terms with a memory already picked: a second memory that says what the
     first said gives way to one that says something else.
     """
@@ -109,55 +108,6 @@ def _diverse(hits: Sequence[MemoryHit], k: int, weight: float) -> list[MemoryHit
     return [h for i in sorted(picked) for h in groups[i]]
 
 
-def _asks_or_reacts(text: str) -> bool:
-    # A question is answered by the record after it, a short reaction explained by it.
-    return text.rstrip().endswith(("?", "？")) or len(text.split()) < 12
-
-
-def _adaptive(hits: Sequence[MemoryHit], room: int) -> list[MemoryHit]:
-    """Memories with their neighbours only where they need them, up to ``room`` records.
-
-    A memory that asks (or only reacts) keeps the record after it; one that tells something
-    stands alone, and the room it leaves goes to the next memory instead.
-    """
-    out: list[MemoryHit] = []
-    for group in _groups(hits):
-        keep = group if _asks_or_reacts(group[0].record.text) else group[:1]
-        if len(out) + len(keep) > room:
-            break
-        out += keep
-    return out
-
-
-def _merge(hits: list[MemoryHit], more: Sequence[MemoryHit], k: int) -> list[MemoryHit]:
-    """``hits`` followed by up to ``k`` memories of ``more`` (with neighbours) not in it."""
-    have = {h.record.id for h in hits}
-    out = list(hits)
-    added = 0
-    for group in _groups(more):
-        if added >= k:
-            break
-        fresh = [h for h in group if h.record.id not in have]
-        if not fresh or group[0].record.id in have:
-            continue
-        out += fresh
-        have.update(h.record.id for h in fresh)
-        added += 1
-    return out
-
-
-def _linked_entities(query: str, hits: Sequence[MemoryHit], limit: int = 4) -> list[str]:
-    """Entities the best memories mention that the query does not (the next hop's names)."""
-    asked = {e.casefold() for e in extract_entities(query)}
-    found: list[str] = []
-    for group in _groups(hits)[:2]:
-        for entity in extract_entities(group[0].record.text):
-            key = entity.casefold()
-            if key not in asked and key not in {f.casefold() for f in found}:
-                found.append(entity)
-    return found[:limit]
-
-
 def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
     """Build the ``retrieve_memory`` node over a memory store.
 
@@ -173,7 +123,9 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
     ) -> dict[str, Any]:
         """Recall up to ``ctx.top_k`` memories for the last user message.
 
-        The query is the last user message. Memories come from this thread (from all of the
+        The query is the last user message. With ``ctx.memory_diversity`` (the default) the
+        memories are picked by maximal marginal relevance from twice as many candidates.
+        Memories come from this thread (from all of the
         user's threads when ``ctx.cross_thread_memory``), leave out the turns still in the
         verbatim window, and score at least ``ctx.score_floor``. A memory failure is logged
         and recalls nothing: the turn goes on without memories.
@@ -240,28 +192,13 @@ def make_retrieve_memory(memory: MemoryStore) -> RetrieveMemoryNode:
                 neighbours_before=ctx.memory_neighbours_before,
             )
 
-        asked = query
-        if ctx.memory_query_entities > 0:
-            tracked = list(state.get("entities") or [])[-ctx.memory_query_entities :]
-            asked = " ".join([query, *tracked])
         try:
-            if ctx.memory_adaptive_neighbours and ctx.memory_neighbours > 0:
-                room = ctx.top_k * (1 + ctx.memory_neighbours)
-                hits = _adaptive(search(asked, 2 * ctx.top_k), room)
-            elif ctx.memory_diversity > 0:
-                hits = _diverse(search(asked, 2 * ctx.top_k), ctx.top_k, ctx.memory_diversity)
+            if ctx.memory_diversity > 0:
+                # Picked from twice as many candidates, so that a memory that repeats a
+                # better one gives way to one that adds something.
+                hits = _diverse(search(query, 2 * ctx.top_k), ctx.top_k, ctx.memory_diversity)
             else:
-                hits = search(asked, ctx.top_k)
-            if ctx.memory_hops > 0 and hits:
-                linked = _linked_entities(query, hits)
-                if linked:
-                    more = search(" ".join([asked, *linked]), ctx.top_k + ctx.memory_hops)
-                    hits = _merge(hits, more, ctx.memory_hops)
-            if ctx.memory_entity_links > 0:
-                named = extract_entities(query)
-                if named:
-                    more = search(" ".join(named), ctx.top_k + ctx.memory_entity_links)
-                    hits = _merge(hits, more, ctx.memory_entity_links)
+                hits = search(query, ctx.top_k)
         except Exception:
             logger.exception(
                 "memory search failed for thread %s; replying without memories", thread_id

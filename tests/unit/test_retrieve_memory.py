@@ -246,7 +246,13 @@ def test_diversity_recalls_something_new_instead_of_the_same_thing_again() -> No
     )
     node = make_retrieve_memory(store)
     state: ChatState = {"messages": [human("Tell me about Miso the cat and the vacuum.", 9)]}
-    plain = _texts(node(state, Runtime(context=Context(memory_neighbours=0, top_k=2)), config()))
+    plain = _texts(
+        node(
+            state,
+            Runtime(context=Context(memory_neighbours=0, top_k=2, memory_diversity=0.0)),
+            config(),
+        )
+    )
     assert all("vacuum" in t for t in plain)
     diverse = _texts(
         node(
