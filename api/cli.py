@@ -330,6 +330,14 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument(
+        "--engine-url",
+        help="generate with this OpenAI-compatible engine (default: STEADYCHAT_ENGINE_URL); "
+        "--model then names the tokenizer and chat template only",
+    )
+    parser.add_argument(
+        "--engine-model", help="model name the engine serves (default: STEADYCHAT_ENGINE_MODEL)"
+    )
 
 
 @subcommand(
@@ -337,7 +345,13 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def serve_command(args: argparse.Namespace) -> int:
     """``steadychat serve``: the HTTP service on the embedded defaults (SQLite + local Chroma)."""
-    settings = _settings_from_args(args, host=args.host, port=args.port)
+    settings = _settings_from_args(
+        args,
+        host=args.host,
+        port=args.port,
+        engine_url=args.engine_url,
+        engine_model=args.engine_model,
+    )
     if settings is None:
         return 2
     _quiet_model_loading(settings)

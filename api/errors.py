@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graph.errors import (
     ContextLengthError,
+    EngineUnavailableError,
     ServiceError,
     ThreadBusyError,
     ThreadNotFoundError,
@@ -119,8 +120,18 @@ def service_error_to_api(exc: ServiceError) -> ApiError:
         exc: The service error.
 
     Returns:
-        The equivalent ApiError (404, 409, 400).
+        The equivalent ApiError (404, 409, 400; 503 when the inference engine is down).
     """
+    if isinstance(exc, EngineUnavailableError):
+        # The engine is down or broke off: nothing was saved, and the same request can be sent
+        # again later. Where it runs is not the client's business.
+        return ApiError(
+            503,
+            "The inference engine is unavailable; nothing was saved. Retry later.",
+            type="server_error",
+            code="engine_unavailable",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
     if isinstance(exc, TurnFailedError):
         # An internal failure during a turn (the model crashed, a store broke): its text is
         # never shown, since it may carry paths or connection strings.

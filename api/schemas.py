@@ -276,9 +276,19 @@ class HealthPublic(BaseModel):
     status: Literal["ok"]
 
 
+class EnginePublic(BaseModel):
+    """The inference engine generation is sent to, as the last readiness check found it."""
+
+    model: str
+    reachable: bool
+    serves_model: bool
+
+
 class ReadinessPublic(BaseModel):
     """Readiness answer: each check and whether it passed."""
 
     status: Literal["ready", "not_ready"]
     checks: dict[str, bool]
     detail: dict[str, str] = Field(default_factory=dict)
+    engine: EnginePublic | None = None
+    """Present when replies come from an inference engine (``STEADYCHAT_ENGINE_URL``)."""

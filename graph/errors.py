@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ContextLengthError",
+    "EngineUnavailableError",
     "ServiceError",
     "ThreadBusyError",
     "ThreadNotFoundError",
@@ -37,3 +38,18 @@ class TurnFailedError(ServiceError):
 
     The message is generic on purpose; the cause is chained and logged, never shown to clients.
     """
+
+
+class EngineUnavailableError(ServiceError):
+    """The inference engine could not be reached, timed out or broke off mid-reply.
+
+    Nothing of the turn was saved; the same request can be sent again once the engine is back.
+
+    Args:
+        message: What failed (logged, not shown to clients: it may name hosts).
+        retry_after_s: Seconds a client should wait before retrying.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, BaseMessageChunk
 
+from graph.remote_model import EngineStatus, RemoteChatModel
 from graph.threads import ThreadOperations
 from graph.turns import TurnRunner
 from nodes.postprocess import ReplyStream, postprocess_reply
@@ -73,9 +74,23 @@ class ChatService(ThreadOperations, TurnRunner):
             cancel.set()
             await stream.aclose()
 
-    async def ready(self) -> dict[str, bool]:
-        """Readiness of the parts: model loaded, checkpointer and memory reachable."""
+    async def engine_status(self) -> EngineStatus | None:
+        """What the inference engine says, when generation runs there (None: in-process)."""
+        if isinstance(self.chat_model, RemoteChatModel):
+            return await self.chat_model.engine_status()
+        return None
+
+    async def ready(self, engine: EngineStatus | None = None) -> dict[str, bool]:
+        """Readiness of the parts: model loaded (or its engine serving it), stores reachable.
+
+        Args:
+            engine: The engine's status when the caller asked for it already.
+        """
         checks = {"model": self.chat_model is not None}
+        if engine is None:
+            engine = await self.engine_status()
+        if engine is not None:
+            checks["engine"] = engine.ok
         try:
             await self.registry.list(owner=None, limit=1, offset=0)
             checks["checkpointer"] = True

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -81,6 +81,24 @@ class Settings(BaseSettings):
     """Token budget of the verbatim window; older turns are folded into summaries beyond it."""
     top_k: int = Field(default=8, ge=0)
     """Memories recalled per turn (8: chosen on LoCoMo's tuned-on conversations, bench/README)."""
+    engine_url: str | None = None
+    """Base URL of an OpenAI-compatible inference engine (vLLM, SGLang, llama.cpp server,
+    ``transformers serve``), e.g. ``http://10.0.0.5:8000/v1``. When set, replies are generated
+    there and ``model`` only names the tokenizer and chat template, which load locally (the
+    weights do not) so that prompts are still built and counted exactly."""
+    engine_api_key: SecretStr | None = None
+    """Bearer key sent to the engine; empty sends none."""
+    engine_model: str | None = None
+    """Model name the engine serves (its ``/v1/models`` id); empty means ``model`` (for
+    ``tiny``, the folder it is built into)."""
+    engine_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds to connect to the engine and to wait for each streamed piece; past it the turn
+    fails with 503 and nothing is saved."""
+    engine_sampling: Literal["extended", "standard", "generation_config"] = "extended"
+    """How sampling settings travel: ``extended`` adds ``top_k`` and ``repetition_penalty`` to
+    OpenAI's fields (vLLM, SGLang, llama.cpp server), ``standard`` sends OpenAI's fields only,
+    ``generation_config`` also sends them as a transformers ``generation_config`` (what
+    ``transformers serve`` needs: it refuses unknown fields and samples only when told to)."""
 
     @field_validator("device")
     @classmethod
@@ -127,6 +145,16 @@ class Settings(BaseSettings):
             "checkpointer_url must be 'memory', 'sqlite:///path' or 'postgresql://...', "
             f"not {value!r}"
         )
+
+    @field_validator("engine_url")
+    @classmethod
+    def _check_engine_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"engine_url must start with http:// or https://, not {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _check_reply_room(self) -> Settings:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import MetricsDep
 from api.metrics import CONTENT_TYPE_LATEST
-from api.schemas import HealthPublic, ReadinessPublic
+from api.schemas import EnginePublic, HealthPublic, ReadinessPublic
 from graph.service import ChatService
 
 logger = logging.getLogger("steadychat.api.health")
@@ -27,11 +27,24 @@ async def healthz() -> HealthPublic:
     return HealthPublic(status="ok")
 
 
-async def _checks(service: ChatService | None) -> tuple[dict[str, bool], dict[str, str]]:
+async def _checks(
+    service: ChatService | None,
+) -> tuple[dict[str, bool], dict[str, str], EnginePublic | None]:
     if service is None:
-        return {"service": False}, {"service": "not started"}
-    checks = await service.ready()
-    return checks, {name: "failed" for name, ok in checks.items() if not ok}
+        return {"service": False}, {"service": "not started"}, None
+    status = await service.engine_status()
+    checks = await service.ready(status)
+    detail = {name: "failed" for name, ok in checks.items() if not ok}
+    engine = None
+    if status is not None:
+        engine = EnginePublic(
+            model=status.model, reachable=status.reachable, serves_model=status.serves_model
+        )
+        if not status.reachable:
+            detail["engine"] = "unreachable"
+        elif not status.serves_model:
+            detail["engine"] = f"does not serve {status.model!r}"
+    return checks, detail, engine
 
 
 @router.get(
@@ -40,11 +53,12 @@ async def _checks(service: ChatService | None) -> tuple[dict[str, bool], dict[st
     responses={503: {"model": ReadinessPublic, "description": "Not ready"}},
 )
 async def readyz(request: Request) -> Any:
-    """Readiness: 200 when the model is loaded and the stores answer, else 503."""
+    """Readiness: 200 when the model is loaded (or its engine serves it) and the stores answer."""
     service: ChatService | None = request.app.state.service
+    engine: EnginePublic | None = None
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            checks, detail = await _checks(service)
+            checks, detail, engine = await _checks(service)
     except Exception as exc:
         logger.warning("readiness check failed: %s", exc)
         checks, detail = (
@@ -52,7 +66,9 @@ async def readyz(request: Request) -> Any:
             {"stores": type(exc).__name__},
         )
     ready = bool(checks) and all(checks.values())
-    body = ReadinessPublic(status="ready" if ready else "not_ready", checks=checks, detail=detail)
+    body = ReadinessPublic(
+        status="ready" if ready else "not_ready", checks=checks, detail=detail, engine=engine
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
 
 
