@@ -409,7 +409,7 @@ def state_command(args: argparse.Namespace) -> int:
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "name",
-        choices=["locomo", "long-conversation", "memory", "planted"],
+        choices=["locomo", "long-conversation", "memory", "engine", "planted"],
         help="which benchmark",
     )
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
@@ -426,6 +426,8 @@ def bench_command(args: argparse.Namespace) -> int:
         from bench import memory_latency as module  # type: ignore[no-redef]
     elif args.name == "planted":
         from bench import planted_answers as module  # type: ignore[no-redef]
+    elif args.name == "engine":
+        from bench import engine as module  # type: ignore[no-redef]
     else:
         from bench import long_conversation as module  # type: ignore[no-redef]
     result = module.main(args.rest)

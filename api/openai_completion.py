@@ -220,10 +220,14 @@ def _usage_of(message: AIMessage) -> Usage:
     meta = message.usage_metadata
     if meta is None:
         return Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-    return Usage(
-        prompt_tokens=meta["input_tokens"],
-        completion_tokens=meta["output_tokens"],
-        total_tokens=meta["total_tokens"],
+    details = meta.get("input_token_details") or {}
+    return Usage.of(
+        {
+            "prompt_tokens": meta["input_tokens"],
+            "completion_tokens": meta["output_tokens"],
+            "total_tokens": meta["total_tokens"],
+            "cached_tokens": int(details.get("cache_read", 0)),
+        }
     )
 
 
@@ -232,10 +236,14 @@ def _finish_reason(value: object) -> Literal["stop", "length"]:
 
 
 def _add(first: Usage, second: Usage) -> Usage:
-    return Usage(
-        prompt_tokens=first.prompt_tokens + second.prompt_tokens,
-        completion_tokens=first.completion_tokens + second.completion_tokens,
-        total_tokens=first.total_tokens + second.total_tokens,
+    return Usage.of(
+        {
+            "prompt_tokens": first.prompt_tokens + second.prompt_tokens,
+            "completion_tokens": first.completion_tokens + second.completion_tokens,
+            "total_tokens": first.total_tokens + second.total_tokens,
+            "cached_tokens": first.prompt_tokens_details.cached_tokens
+            + second.prompt_tokens_details.cached_tokens,
+        }
     )
 
 

@@ -161,12 +161,21 @@ class MessageCreate(_Request):
         return stops or None
 
 
+class PromptTokensDetails(BaseModel):
+    """OpenAI's breakdown of the prompt tokens."""
+
+    cached_tokens: int = 0
+    """Prompt tokens whose KV cache was reused from an earlier call (a thread's unchanged
+    prefix), not computed again."""
+
+
 class Usage(BaseModel):
     """Tokens of one turn or completion, in the model's own tokens."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
     @classmethod
     def of(cls, counts: Mapping[str, int]) -> Usage:
@@ -177,6 +186,9 @@ class Usage(BaseModel):
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=int(counts.get("total_tokens", prompt + completion)),
+            prompt_tokens_details=PromptTokensDetails(
+                cached_tokens=int(counts.get("cached_tokens", 0))
+            ),
         )
 
 

@@ -19,7 +19,7 @@ from pydantic import PrivateAttr
 from api.replay import ReplayStep, replay
 from bench.locomo import Conversation, Question, plain_terms, rrf
 from graph.service import ChatService
-from nodes.generate_reply import _snippet_text  # the product's snippet line, for the baseline too
+from nodes.generate_reply import _snippet_text, user_text_of  # the product's snippet line
 from nodes.memory import Embedder, MemoryHit, MemoryRecord, MemoryStore
 from nodes.state import ContextAccount, Snippet
 from nodes.text import message_text
@@ -48,7 +48,8 @@ def generic_reply(messages: list[BaseMessage]) -> str:
     Returns:
         A reply that adds no information to the conversation.
     """
-    asked = message_text(messages[-1]).strip().rstrip("?？").strip() if messages else ""
+    last = user_text_of(message_text(messages[-1])) if messages else ""
+    asked = last.strip().rstrip("?？").strip()
     return f"You asked: {asked}. I am not sure I remember that; could you remind me?"
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import logging
 import queue
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LangSmithParams, LanguageModelInput
@@ -26,10 +28,13 @@ from langchain_core.runnables import Runnable
 from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
 from pydantic import ConfigDict, PrivateAttr, model_validator
 
+from graph.engine import BatchedEngine, EngineSettings, engine_supports
 from nodes.profiles import get_profile, resolve_generation
 from nodes.text import THINK_CLOSE, THINK_OPEN, ThinkStripper, held_prefix, message_text
 
 __all__ = ["QwenChatModel", "StopSequenceFilter"]
+
+log = logging.getLogger(__name__)
 
 # Lone UTF-16 surrogates (JSON "\ud800") are valid in a Python str but not in UTF-8: the
 # tokenizer rejects them with a TypeError. They become U+FFFD, as a UTF-8 decoder would do.
@@ -109,6 +114,8 @@ class _CallParams:
     enable_thinking: bool | None
     cancel_event: threading.Event | None
     profile: str
+    serial_reason: str | None = None
+    """Why this call must take the serialised ``generate`` path (None: the engine may run it)."""
 
 
 @dataclass(kw_only=True)
@@ -118,6 +125,7 @@ class _Outcome:
     completion_tokens: int
     finish_reason: str
     cancelled: bool
+    cached_tokens: int = 0
 
 
 class _ReplyTracker:
@@ -165,7 +173,11 @@ class _ReplyTracker:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        new = input_ids[0, self._prompt_len + len(self._ids) :].tolist()
+        done = self.feed(input_ids[0, self._prompt_len + len(self._ids) :].tolist())
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    def feed(self, new: list[int]) -> bool:
+        """Take the next generated token ids; True when generation must stop here."""
         self._ids.extend(new)
         # Decode from the last line start only, so each step costs O(line), not O(reply).
         text = self._decode(self._ids[self._window :])
@@ -177,8 +189,12 @@ class _ReplyTracker:
                 self._shown = len(text)
         if any(event.is_set() for event in self._events):
             self.cancelled = True
-        done = self._stop.stopped or self.cancelled
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+        return self._stop.stopped or self.cancelled
+
+    @property
+    def generated(self) -> int:
+        """Tokens taken so far."""
+        return len(self._ids)
 
     def finish(self) -> None:
         text = self._decode(self._ids[self._window :])
@@ -219,10 +235,20 @@ class QwenChatModel(ChatHuggingFace):
     """Remove ``<think>...</think>`` blocks from replies."""
     context_window: int | None = None
     """Tokens per call (prompt + reply); capped by the model's ``max_position_embeddings``."""
+    engine: Literal["batched", "serial"] = "batched"
+    """``batched``: every call goes through one continuous-batching engine (transformers'
+    ``ContinuousBatchingManager``), so concurrent calls decode together and a prompt that
+    extends an earlier one reuses its KV; calls the engine cannot run take the serialised
+    path. ``serial``: one ``generate`` at a time, always."""
+    engine_settings: EngineSettings = EngineSettings()
+    """KV cache and batch sizes of the engine."""
 
     _generate_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _tokenizer_lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _template_takes_thinking: bool = PrivateAttr(default=False)
+    _engine: BatchedEngine | None = PrivateAttr(default=None)
+    _engine_unavailable: str | None = PrivateAttr(default=None)
+    _engine_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @model_validator(mode="before")
     @classmethod
@@ -415,6 +441,16 @@ class QwenChatModel(ChatHuggingFace):
         cancel_event = kwargs.get("cancel_event")
         if cancel_event is not None and not isinstance(cancel_event, threading.Event):
             raise ValueError("cancel_event must be a threading.Event")
+        serial_reason = None
+        if seed is not None:
+            # The engine samples every request from one generator: a seed of its own needs
+            # the model to itself.
+            serial_reason = "a seed"
+        elif pick("repetition_penalty", self.repetition_penalty) not in (None, 1, 1.0):
+            # The engine has no repetition penalty (transformers marks it unsupported there);
+            # one asked for explicitly is honoured on the serialised path. A profile's
+            # default penalty is not applied by the engine.
+            serial_reason = "a repetition penalty"
         return _CallParams(
             generate_kwargs=generate_kwargs,
             max_new_tokens=generate_kwargs["max_new_tokens"],
@@ -426,6 +462,7 @@ class QwenChatModel(ChatHuggingFace):
             enable_thinking=kwargs.get("enable_thinking"),
             cancel_event=cancel_event,
             profile=profile,
+            serial_reason=serial_reason,
         )
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -455,7 +492,7 @@ class QwenChatModel(ChatHuggingFace):
         emit: Callable[[str], None] | None = None,
         abort: threading.Event | None = None,
     ) -> _Outcome:
-        """The one place generate() is called: one generation at a time on the shared model.
+        """The one place a reply is generated: through the engine, or serialised.
 
         Args:
             prompt: The templated prompt.
@@ -466,9 +503,6 @@ class QwenChatModel(ChatHuggingFace):
         Returns:
             The visible text, token counts and finish reason.
         """
-        import torch
-        from transformers import StoppingCriteriaList, set_seed
-
         prompt_ids = self.get_token_ids(prompt)
         prompt_len = len(prompt_ids)
         room = (self.context_window or 0) - prompt_len
@@ -479,47 +513,79 @@ class QwenChatModel(ChatHuggingFace):
             )
         max_new = min(params.max_new_tokens, room)
         events = [e for e in (params.cancel_event, abort) if e is not None]
-        with self._generate_lock:
-            if any(event.is_set() for event in events):
-                return _Outcome(
-                    text="",
-                    prompt_tokens=prompt_len,
-                    completion_tokens=0,
-                    finish_reason="stop",
-                    cancelled=True,
-                )
-            model = self._pipeline.model
-            config = copy.deepcopy(model.generation_config)
-            config.update(**{**params.generate_kwargs, "max_new_tokens": max_new})
-            if not config.do_sample:
-                # Sampling knobs of the checkpoint's defaults would only draw warnings.
-                config.temperature = config.top_p = config.top_k = None
-            if config.pad_token_id is None:
-                config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
-            tracker = _ReplyTracker(
-                decode=self._decode,
-                prompt_len=prompt_len,
-                stops=params.stop,
-                in_think=_opens_think(prompt),
-                strip_thinking=self.strip_thinking,
-                emit=emit or (lambda _text: None),
-                events=events,
+        if any(event.is_set() for event in events):
+            return _Outcome(
+                text="",
+                prompt_tokens=prompt_len,
+                completion_tokens=0,
+                finish_reason="stop",
+                cancelled=True,
             )
-            if params.seed is not None:
-                set_seed(params.seed)
-            input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
-            with torch.inference_mode():
-                output = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    generation_config=config,
-                    stopping_criteria=StoppingCriteriaList([tracker]),
+        tracker = _ReplyTracker(
+            decode=self._decode,
+            prompt_len=prompt_len,
+            stops=params.stop,
+            in_think=_opens_think(prompt),
+            strip_thinking=self.strip_thinking,
+            emit=emit or (lambda _text: None),
+            events=events,
+        )
+        engine = self.batched_engine() if params.serial_reason is None else None
+        if engine is not None:
+            return self._run_batched(engine, prompt_ids, max_new, params, tracker, events)
+        return self._run_serial(prompt_ids, max_new, params, tracker, events)
+
+    def batched_engine(self) -> BatchedEngine | None:
+        """The model's continuous-batching engine (created on first use), or None where it
+        cannot run: ``engine="serial"``, or a model the engine does not support."""
+        if self.engine != "batched" or self._engine_unavailable is not None:
+            return None
+        with self._engine_lock:
+            if self._engine is None:
+                model = self._pipeline.model
+                reason = engine_supports(model)
+                if reason is not None:
+                    log.warning("generation is serialised: %s", reason)
+                    self._engine_unavailable = reason
+                    return None
+                self._engine = BatchedEngine.for_model(
+                    model,
+                    context_window=self.context_window or 8192,
+                    settings=self.engine_settings,
                 )
-            tracker.finish()
-        completion = int(output.shape[-1]) - prompt_len
-        eos = config.eos_token_id
+            return self._engine
+
+    def close(self) -> None:
+        """Stop the engine's loop (a later call starts it again)."""
+        with self._engine_lock:
+            engine = self._engine
+        if engine is not None:
+            engine.close()
+
+    def _generation_config(self, params: _CallParams, max_new: int) -> Any:
+        model = self._pipeline.model
+        config = copy.deepcopy(model.generation_config)
+        config.update(**{**params.generate_kwargs, "max_new_tokens": max_new})
+        if not config.do_sample:
+            # Sampling knobs of the checkpoint's defaults would only draw warnings.
+            config.temperature = config.top_p = config.top_k = None
+        if config.pad_token_id is None:
+            config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        return config
+
+    def _finish(
+        self,
+        tracker: _ReplyTracker,
+        *,
+        prompt_len: int,
+        last_token: int | None,
+        eos: Any,
+        max_new: int,
+        cached: int = 0,
+    ) -> _Outcome:
+        completion = tracker.generated
         eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
-        ended_by_eos = completion > 0 and int(output[0, -1]) in eos_ids
+        ended_by_eos = completion > 0 and last_token in eos_ids
         if tracker.stopped_by_sequence or tracker.cancelled or ended_by_eos:
             finish = "stop"
         else:
@@ -530,13 +596,119 @@ class QwenChatModel(ChatHuggingFace):
             completion_tokens=completion,
             finish_reason=finish,
             cancelled=tracker.cancelled,
+            cached_tokens=cached,
         )
 
-    def _metadata(self, outcome: _Outcome) -> tuple[dict[str, int], dict[str, Any]]:
-        usage = {
+    def _run_batched(
+        self,
+        engine: BatchedEngine,
+        prompt_ids: list[int],
+        max_new: int,
+        params: _CallParams,
+        tracker: _ReplyTracker,
+        events: list[threading.Event],
+    ) -> _Outcome:
+        """Generate through the shared engine: this request decodes alongside the others."""
+        gen = params.generate_kwargs
+        eos = self._pipeline.model.generation_config.eos_token_id
+        if gen.get("do_sample"):
+            vocab = int(self._pipeline.model.config.get_text_config().vocab_size)
+            temperature = float(gen["temperature"])
+            top_p = float(gen.get("top_p") or 1.0)
+            top_k = int(gen.get("top_k") or vocab)
+        else:
+            # Greedy: only the most likely token survives top-k 1, so sampling picks it.
+            temperature, top_p, top_k = 1.0, 1.0, 1
+        request = engine.submit(
+            prompt_ids,
+            max_new_tokens=max_new,
+            eos_token_id=eos,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+        )
+        last: int | None = None
+        try:
+            done = False
+            for new in request.tokens(events):
+                for token in new:
+                    last = token
+                    # One token at a time: a stop sequence or a cancel ends the reply exactly
+                    # at the token that completed it, as on the serialised path.
+                    if tracker.feed([token]):
+                        done = True
+                        break
+                if done:
+                    break
+            if any(event.is_set() for event in events):
+                tracker.cancelled = True
+            tracker.finish()
+            cached = request.cached_tokens
+        finally:
+            request.cancel()
+        return self._finish(
+            tracker,
+            prompt_len=len(prompt_ids),
+            last_token=last,
+            eos=eos,
+            max_new=max_new,
+            cached=cached,
+        )
+
+    def _run_serial(
+        self,
+        prompt_ids: list[int],
+        max_new: int,
+        params: _CallParams,
+        tracker: _ReplyTracker,
+        events: list[threading.Event],
+    ) -> _Outcome:
+        """One ``generate`` at a time on the shared model."""
+        import torch
+        from transformers import StoppingCriteriaList, set_seed
+
+        with self._generate_lock:
+            if any(event.is_set() for event in events):
+                tracker.cancelled = True
+                return self._finish(
+                    tracker, prompt_len=len(prompt_ids), last_token=None, eos=None, max_new=max_new
+                )
+            model = self._pipeline.model
+            config = self._generation_config(params, max_new)
+            engine = self._engine
+            # A seeded call draws from the global generator, which the engine's loop draws from
+            # too: the loop pauses while it runs, so the same seed gives the same reply.
+            pause = (
+                engine.pause()
+                if engine is not None and params.seed is not None
+                else contextlib.nullcontext()
+            )
+            with pause:
+                if params.seed is not None:
+                    set_seed(params.seed)
+                input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
+                with torch.inference_mode():
+                    output = model.generate(
+                        input_ids=input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        generation_config=config,
+                        stopping_criteria=StoppingCriteriaList([tracker]),
+                    )
+            tracker.finish()
+        return self._finish(
+            tracker,
+            prompt_len=len(prompt_ids),
+            last_token=int(output[0, -1]) if output.shape[-1] > len(prompt_ids) else None,
+            eos=config.eos_token_id,
+            max_new=max_new,
+        )
+
+    def _metadata(self, outcome: _Outcome) -> tuple[dict[str, Any], dict[str, Any]]:
+        usage: dict[str, Any] = {
             "input_tokens": outcome.prompt_tokens,
             "output_tokens": outcome.completion_tokens,
             "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+            "input_token_details": {"cache_read": outcome.cached_tokens},
         }
         meta: dict[str, Any] = {
             "finish_reason": outcome.finish_reason,

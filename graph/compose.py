@@ -15,6 +15,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from graph.builder import Deps, compile_graph
 from graph.loading import load_chat_model
+from graph.memory_writes import DeferredWrites
 from graph.remote_model import RemoteChatModel, load_remote_chat_model
 from graph.service import ChatService
 from graph.settings import Settings
@@ -87,21 +88,29 @@ async def open_service(
             embedder = await asyncio.to_thread(load_embedder, embedder or settings.embedder)
         memory = await asyncio.to_thread(memory_from_settings, settings, embedder)
     url = settings.resolved_checkpointer_url()
-    try:
-        async with open_checkpointer(url) as saver, open_thread_registry(url) as registry:
-            graph = compile_graph(Deps(chat_model=chat_model, memory=memory), checkpointer=saver)
-            yield ChatService(
-                graph=graph,
-                chat_model=chat_model,
-                checkpointer=saver,
-                registry=registry,
-                memory=memory,
-                defaults=default_context(settings),
-                keep_checkpoints=settings.keep_checkpoints,
-            )
-    finally:
-        if owned and isinstance(chat_model, RemoteChatModel):
-            await chat_model.aclose()
+    close = getattr(chat_model, "close", None)
+    async with contextlib.AsyncExitStack() as stack:
+        if isinstance(chat_model, RemoteChatModel):
+            if owned:
+                stack.push_async_callback(chat_model.aclose)
+        elif callable(close):
+            # The generation engine's loop stops with the service (it restarts on next use).
+            stack.push_async_callback(asyncio.to_thread, close)
+        # The turn's memory write runs after its stream closed; reads wait for it.
+        memory = DeferredWrites(memory)
+        stack.push_async_callback(asyncio.to_thread, memory.close)
+        saver = await stack.enter_async_context(open_checkpointer(url))
+        registry = await stack.enter_async_context(open_thread_registry(url))
+        graph = compile_graph(Deps(chat_model=chat_model, memory=memory), checkpointer=saver)
+        yield ChatService(
+            graph=graph,
+            chat_model=chat_model,
+            checkpointer=saver,
+            registry=registry,
+            memory=memory,
+            defaults=default_context(settings),
+            keep_checkpoints=settings.keep_checkpoints,
+        )
 
 
 def studio_graph(

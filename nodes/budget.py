@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from langchain_core.language_models import BaseChatModel
@@ -34,13 +34,30 @@ class Assembled:
     kept_labels: list[str] = field(default_factory=list)
 
 
-def _system_text(rules: str, sections: Sequence[Section], headings: dict[str, str]) -> str:
-    parts = [rules]
+def _blocks(
+    sections: Sequence[Section],
+    headings: Mapping[str, str],
+    fences: Mapping[str, tuple[str, str]],
+) -> list[str]:
+    parts: list[str] = []
     for kind, heading in headings.items():
         block = [s.text for s in sections if s.kind == kind]
         if block:
-            parts.append(f"# {heading}\n" + "\n".join(block))
-    return "\n\n".join(parts)
+            opening, closing = fences.get(kind, ("", ""))
+            body = "\n".join(block)
+            if opening or closing:
+                body = f"{opening}\n{body}\n{closing}"
+            parts.append(f"# {heading}\n{body}")
+    return parts
+
+
+def _system_text(
+    rules: str,
+    sections: Sequence[Section],
+    headings: Mapping[str, str],
+    fences: Mapping[str, tuple[str, str]] | None = None,
+) -> str:
+    return "\n\n".join([rules, *_blocks(sections, headings, fences or {})])
 
 
 def assemble_prompt(
@@ -52,8 +69,18 @@ def assemble_prompt(
     window: Sequence[BaseMessage],
     user: HumanMessage,
     budget: int,
+    turn_headings: Mapping[str, str] | None = None,
+    fences: Mapping[str, tuple[str, str]] | None = None,
+    turn_frame: tuple[str, str] = ("", ""),
 ) -> Assembled:
     """Fit system rules, optional sections, the verbatim window and the user turn into ``budget``.
+
+    The prompt runs from the least to the most volatile part: the system message (rules, then
+    the sections of ``headings``), the window, and last the turn's own parts (the sections of
+    ``turn_headings``, framed by ``turn_frame`` and put before the user's text in the last
+    message). A thread's next prompt then extends this one token for token up to its window
+    until a compaction, which lets an engine's prefix cache reuse that KV. ``fences`` wraps a
+    kind's block in an opening and a closing line (quoted data).
 
     Counting uses the model's own tokenizer through ``get_num_tokens_from_messages`` (the chat
     template's real length). Optional sections are dropped in ascending ``priority``; window
@@ -86,9 +113,19 @@ def assemble_prompt(
     kept_units = list(units)
     dropped: list[str] = []
 
+    turn_kinds = turn_headings or {}
+    fenced = fences or {}
+
     def build() -> list[BaseMessage]:
-        system = SystemMessage(content=_system_text(rules, kept_sections, headings))
-        return [system, *(m for unit in kept_units for m in unit), user]
+        stable = [s for s in kept_sections if s.kind not in turn_kinds]
+        system = SystemMessage(content=_system_text(rules, stable, headings, fenced))
+        blocks = _blocks([s for s in kept_sections if s.kind in turn_kinds], turn_kinds, fenced)
+        last = user
+        if blocks:
+            head, tail = turn_frame
+            preamble = "\n\n".join(part for part in (head, *blocks, tail) if part)
+            last = HumanMessage(content=f"{preamble}\n\n{message_text(user)}")
+        return [system, *(m for unit in kept_units for m in unit), last]
 
     msgs = build()
     total = count(msgs)

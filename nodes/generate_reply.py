@@ -20,7 +20,7 @@ from nodes.dates import readable_date
 from nodes.errors import ContextOverflowError, TurnCancelled
 from nodes.postprocess import ReplyStream
 from nodes.profiles import get_profile
-from nodes.prompts import system_prompt
+from nodes.prompts import QUOTED_DATA_FENCE, system_prompt
 from nodes.slots import render_slots
 from nodes.state import ChatState, ContextAccount, LongSummary, Snippet
 from nodes.text import message_text
@@ -34,11 +34,33 @@ REPLY_DELTA = "reply_delta"
 they are exactly the reply the turn saves."""
 
 HEADINGS = {
-    "state": "What you know about the user and this conversation",
     "summary_l2": "Long-range summary of earlier conversation",
     "summary_l1": "Recent summary (older turns, one line each)",
+}
+"""Sections of the system message: they change only when a compaction runs."""
+
+TURN_HEADINGS = {
+    "state": "What you know about the user and this conversation",
     "memories": "Recalled from earlier in the conversation (may be relevant)",
 }
+"""Sections that change every turn: they come after the window, before the user's text, so
+that everything before them is the previous turn's prompt token for token."""
+
+TURN_FRAME = (
+    "[Context for this turn, from steadychat, not written by the user]",
+    "[End of context. The user's message:]",
+)
+
+QUOTE_OPEN, QUOTE_CLOSE = QUOTED_DATA_FENCE
+
+
+def user_text_of(prompt_text: str) -> str:
+    """The user's own text in the last message of a prompt (without the turn's context)."""
+    marker = TURN_FRAME[1] + "\n\n"
+    return prompt_text.split(marker, 1)[1] if prompt_text.startswith(TURN_FRAME[0]) else prompt_text
+
+
+FENCES = {"memories": QUOTED_DATA_FENCE}
 
 
 def _is_memo(name: str) -> bool:
@@ -90,7 +112,15 @@ def _snippet_text(s: Snippet) -> str:
             when = f"{day:%a} {readable_date(day)}, "
         except ValueError:
             when = f"{stamp[:10]}, "
-    return f"- [{when}turn {s['turn']}, {s['role']}] {s['text']}"
+    return f"- [{when}turn {s['turn']}, {s['role']}] {quote_safe(s['text'])}"
+
+
+def quote_safe(text: str) -> str:
+    """Recalled text as it may stand inside the quoted-data fence: it cannot close the fence
+    (nor open another) and it stays on the snippet's own line."""
+    for marker in (QUOTE_OPEN, QUOTE_CLOSE):
+        text = text.replace(marker, marker.replace("<", "‹").replace(">", "›"))
+    return " ".join(text.splitlines())
 
 
 def memory_labels(recalled: list[Snippet]) -> list[str]:
@@ -263,6 +293,9 @@ def make_generate_reply(
             window=window,
             user=HumanMessage(content=user.content),
             budget=budget,
+            turn_headings=TURN_HEADINGS,
+            fences=FENCES,
+            turn_frame=TURN_FRAME,
         )
 
         shown: list[str] = []
@@ -291,6 +324,8 @@ def make_generate_reply(
                 "prompt_tokens": int(meta.get("input_tokens", assembled.total)),
                 "completion_tokens": int(meta.get("output_tokens", 0)),
                 "total_tokens": int(meta.get("total_tokens", 0)),
+                # Prompt tokens whose KV the engine reused (the thread's unchanged prefix).
+                "cached_tokens": int((meta.get("input_token_details") or {}).get("cache_read", 0)),
             }
         if ctx.cancel_event is not None and ctx.cancel_event.is_set():
             raise TurnCancelled("the turn was cancelled during generation")

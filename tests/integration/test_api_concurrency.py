@@ -24,6 +24,7 @@ from api.app import create_app
 from api.idempotency import IdempotencyCache, fingerprint
 from graph.compose import open_service
 from graph.settings import Settings
+from nodes.generate_reply import user_text_of
 from tests.fakes import ScriptedChatModel
 
 WAIT_S = 30.0
@@ -129,7 +130,7 @@ async def new_thread(client: httpx.AsyncClient) -> str:
 
 
 async def test_turns_on_one_thread_are_serialised(tmp_path: Path) -> None:
-    model = GatedModel(responder=lambda messages: f"echo {messages[-1].content}")
+    model = GatedModel(responder=lambda messages: f"echo {user_text_of(messages[-1].content)}")
     async with open_app(tmp_path, model) as app, asgi_client(app) as client:
         thread_id = await new_thread(client)
         texts = [f"message {i}" for i in range(5)]

@@ -23,6 +23,7 @@ from api.app import create_app
 from graph.compose import open_service
 from graph.service import ChatService
 from graph.settings import Settings
+from nodes.generate_reply import user_text_of
 from store.embeddings import load_embedder
 from store.vector_memory import ChromaMemory
 from tests.fakes import ScriptedChatModel
@@ -214,7 +215,7 @@ async def test_thread_header_remembers_across_calls(
     client: openai.AsyncOpenAI, model: ScriptedChatModel, service: ChatService
 ) -> None:
     headers = {"X-Thread-Id": "support-42"}
-    model.responder = lambda messages: f"Reply to: {messages[-1].content}"
+    model.responder = lambda messages: f"Reply to: {user_text_of(str(messages[-1].content))}"
     first = await client.chat.completions.create(
         model="m",
         messages=[{"role": "user", "content": "My order number is 20240815CN001."}],

@@ -67,8 +67,8 @@ async def test_recall_finds_old_turns_of_the_same_thread(
     result = await service.run_turn("t", "Where is the spare key hidden?", context=ctx)
     recalled = result.context_account["recalled"]
     assert any("flowerpot" in s["text"] for s in recalled)
-    system = str(model.history[-1]["messages"][0].content)
-    assert "flowerpot" in system
+    prompt = "\n".join(str(m.content) for m in model.history[-1]["messages"])
+    assert "flowerpot" in prompt
 
 
 async def test_delete_cascades_and_refuses_late_writes(service: ChatService):
@@ -237,7 +237,9 @@ async def test_slot_correction_replaces_the_remembered_fact(service: ChatService
     assert service.memory is not None
 
     def fact() -> str:
-        # Read by id: search would fold the fact into the near-identical user turn.
+        # Read by id: search would fold the fact into the near-identical user turn. Writes
+        # land after the turn: wait for the thread's before reading the collection directly.
+        service.memory.wait("t")  # type: ignore[union-attr]
         stored = service.memory._collection.get(ids=["t:fact:email"])  # type: ignore[union-attr]
         return " ".join(stored["documents"] or [])
 

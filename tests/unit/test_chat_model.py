@@ -40,7 +40,9 @@ def forced(
     """Make the real model emit ``text``'s tokens (then ``<|im_end|>`` when ``end``).
 
     A forward hook keeps only the scripted token's logit, so the real generate() loop,
-    stopping criteria and decoding all run; past the script the last token repeats.
+    stopping criteria and decoding all run; past the script the last token repeats. The hook
+    counts forward passes, so the model takes the serialised path meanwhile (the engine's
+    packed batches are covered by tests/unit/test_engine.py).
     """
     tokenizer = model.tokenizer
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -61,9 +63,11 @@ def forced(
         return output
 
     handle = model.llm.pipeline.model.register_forward_hook(hook, with_kwargs=True)
+    engine, model.engine = model.engine, "serial"
     try:
         yield record
     finally:
+        model.engine = engine
         handle.remove()
 
 
@@ -352,6 +356,7 @@ def test_usage_counts_real_tokens(tiny_chat_model: QwenChatModel) -> None:
         "input_tokens": len(prompt_ids),
         "output_tokens": len(_ids(tiny_chat_model, "alpha beta")) + 1,  # + <|im_end|>
         "total_tokens": len(prompt_ids) + len(_ids(tiny_chat_model, "alpha beta")) + 1,
+        "input_token_details": {"cache_read": 0},  # the serialised path reuses no KV
     }
     assert script.steps == reply.usage_metadata["output_tokens"]
     assert reply.response_metadata["finish_reason"] == "stop"

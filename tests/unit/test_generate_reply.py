@@ -45,7 +45,7 @@ def test_a_dropped_fact_is_not_reported_as_recalled_when_another_fact_of_its_tur
     budget = full["total"] - 30
     account = _run(model, state, context_window=budget + 10)["context_account"]
     assert account["total"] <= account["budget"]
-    prompt = model.history[-1]["messages"][0].content
+    prompt = "\n".join(str(m.content) for m in model.history[-1]["messages"])
     assert "name: Alice" in prompt and long_fact not in prompt
     assert [s["id"] for s in account["recalled"]] == ["t:fact:name"]
     assert account["dropped"] == ["memory:t1:fact:email"]
@@ -110,7 +110,7 @@ def test_old_memos_are_dropped_before_the_state_block() -> None:
     assert "state" not in dropped
     assert "slot:memo:item1" in dropped
     assert "slot:memo:item40" not in dropped
-    system = str(model.history[-1]["messages"][0].content)
+    system = "\n".join(str(m.content) for m in model.history[-1]["messages"])
     assert "Ada" in system and "item number 40" in system
     assert account["total"] <= 700 - 64
 
