@@ -67,7 +67,7 @@ def test_the_arm_runs_the_product_and_the_window_with_one_model(
             "--facts",
             "2",
             "--context-window",
-            "1024",
+            "2048",
             "--max-new-tokens",
             "4",
             "--json",
