@@ -513,7 +513,7 @@ def state_command(args: argparse.Namespace) -> int:
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "name",
-        choices=["locomo", "long-conversation", "memory", "engine", "load"],
+        choices=["locomo", "long-conversation", "memory", "engine", "load", "planted"],
         help="which benchmark",
     )
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
@@ -528,6 +528,8 @@ def bench_command(args: argparse.Namespace) -> int:
         from bench import locomo as module
     elif args.name == "memory":
         from bench import memory_latency as module  # type: ignore[no-redef]
+    elif args.name == "planted":
+        from bench import planted_answers as module  # type: ignore[no-redef]
     elif args.name == "engine":
         from bench import engine as module  # type: ignore[no-redef]
     elif args.name == "load":

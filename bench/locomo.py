@@ -27,6 +27,7 @@ __all__ = [
     "Conversation",
     "Question",
     "Turn",
+    "context_options",
     "evaluate",
     "fill_budget",
     "load_conversations",
@@ -626,6 +627,37 @@ def _load_counter(model: str) -> Any:
     return load_chat_model(Settings(model=model))
 
 
+def context_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs as typed ``Context`` overrides (the field's default gives the type).
+
+    Raises:
+        ValueError: Not ``FIELD=VALUE``, an unknown field, or a value of the wrong type.
+    """
+    import dataclasses
+
+    from nodes.context import Context
+
+    defaults = {f.name: getattr(Context(), f.name) for f in dataclasses.fields(Context)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or name not in defaults:
+            raise ValueError(f"--context wants FIELD=VALUE with a Context field, got {pair!r}")
+        default = defaults[name]
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"--context {name} wants true or false, got {raw!r}")
+            out[name] = raw.lower() in ("true", "1")
+        elif isinstance(default, int | float):
+            try:
+                out[name] = type(default)(raw)
+            except ValueError:
+                raise ValueError(f"--context {name} wants a number, got {raw!r}") from None
+        else:
+            raise ValueError(f"--context {name} cannot be set from the command line")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m bench.locomo [--data DIR] [--json FILE] ...``.
 
@@ -676,9 +708,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--neighbours", type=int, default=1, help="store level: records following each hit"
     )
     parser.add_argument(
+        "--context",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="product path: per-run Context fields to override (e.g. memory_diversity=0.3)",
+    )
+    parser.add_argument(
         "--json", type=Path, default=None, help="write the rates here (and a PNG beside it)"
     )
     args = parser.parse_args(argv)
+    try:
+        context_opts = context_options(args.context)
+    except ValueError as exc:
+        parser.error(str(exc))
     if any(b <= 0 for b in args.budgets):
         parser.error("budgets must be positive")
     if args.neighbours < 0:
@@ -706,6 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "embedder": args.embedder,
             "model": args.model,
             "tuned_on": list(args.tuned_on),
+            "context": context_opts,
             "budgets": list(args.budgets),
             "store": {
                 "ranking": args.ranking,
@@ -731,6 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 memory=ChromaMemory.ephemeral(embedder),
                 context_window=settings.context_window,
                 service_options={},
+                context_options=context_opts,
                 sequential=not args.no_in_a_row,
                 progress=line_callback(progress),
             )

@@ -52,6 +52,10 @@ class Context:
     """Records that follow each recalled one in its thread (the reply to a recalled question)."""
     memory_neighbours_before: int = 0
     """Records just before each recalled one in its thread (what a recalled reply answers)."""
+    memory_diversity: float = 0.3
+    """Maximal marginal relevance: > 0 picks the ``top_k`` memories from twice as many
+    candidates, each scored ``score / best score - memory_diversity * overlap`` (the Jaccard
+    overlap of its terms with a memory already picked); 0 takes the best ``top_k``."""
     cross_thread_memory: bool = False
     """Recall from all of this user's threads, not just this one."""
     context_window: int = 8192
