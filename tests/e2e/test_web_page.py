@@ -69,10 +69,10 @@ class PacedChatModel(ScriptedChatModel):
             yield chunk
 
 
-# Replies for a few user messages: a question put off, then answered a turn later.
+# Replies for a few user messages: a question met by a question back, answered a turn later.
 SCRIPTED_REPLIES = {
-    "What is your refund policy?": "Let me look that up for you.",
-    "Please go ahead.": "Our refund policy allows returns within 30 days.",
+    "What is your refund policy?": "Do you mean online orders or store purchases?",
+    "Online orders.": "Our refund policy allows returns within 30 days.",
 }
 
 
@@ -430,7 +430,7 @@ def _assert_readable_at(page: Page, size: dict[str, int]) -> None:
     expect(page.locator("#slots tbody tr")).not_to_have_count(0)
     box = page.locator("#message").bounding_box()
     assert box is not None
-    assert 0 <= box["y"] and box["y"] + box["height"] <= size["height"], (size, box)
+    assert box["y"] >= 0 and box["y"] + box["height"] <= size["height"], (size, box)
     send = page.locator("#send").bounding_box()
     assert send is not None and send["y"] + send["height"] <= size["height"], (size, send)
     lines = page.evaluate(_HEADING_LINES)
@@ -452,16 +452,16 @@ def test_page_reads_well_on_a_phone_and_a_desktop(page: Page, server: Server) ->
     expect(memo.locator("th")).to_have_text("Remember")
     expect(memo.locator("td").first).to_have_text("the spare key is under the blue flowerpot")
 
-    # A question put off stays open; once a reply answers it, it leaves the list.
+    # A question met by a question back stays open; once a reply answers it, it leaves.
     open_questions = page.locator("#tracking dd[data-term='open']")
     _send(page, "What is your refund policy?")
     expect(_last_assistant(page).locator(".msg-content")).to_have_text(
         SCRIPTED_REPLIES["What is your refund policy?"]
     )
     expect(open_questions).to_contain_text("What is your refund policy?")
-    _send(page, "Please go ahead.")
+    _send(page, "Online orders.")
     expect(_last_assistant(page).locator(".msg-content")).to_have_text(
-        SCRIPTED_REPLIES["Please go ahead."]
+        SCRIPTED_REPLIES["Online orders."]
     )
     expect(open_questions).to_have_text("—")
 
@@ -474,9 +474,7 @@ def test_page_reads_well_on_a_phone_and_a_desktop(page: Page, server: Server) ->
     page.keyboard.press("Home")
     page.locator("#profile").select_option("professional")
     expect(page.locator("#temperature-value")).to_have_text("0.00")
-    expect(page.locator("#temperature-source")).to_have_text(
-        "Your value; Professional sets 0.30."
-    )
+    expect(page.locator("#temperature-source")).to_have_text("Your value; Professional sets 0.30.")
     expect(page.locator("#top-p-value")).to_have_text("0.80")
     expect(page.locator("#top-p-source")).to_have_text("Set by profile Professional.")
     expect(page.locator("#temperature-reset")).to_be_visible()
