@@ -408,7 +408,9 @@ def state_command(args: argparse.Namespace) -> int:
 
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "name", choices=["locomo", "long-conversation", "memory", "engine"], help="which benchmark"
+        "name",
+        choices=["locomo", "long-conversation", "memory", "engine", "framework"],
+        help="which benchmark",
     )
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
 
@@ -424,6 +426,8 @@ def bench_command(args: argparse.Namespace) -> int:
         from bench import memory_latency as module  # type: ignore[no-redef]
     elif args.name == "engine":
         from bench import engine as module  # type: ignore[no-redef]
+    elif args.name == "framework":
+        from bench import framework as module  # type: ignore[no-redef]
     else:
         from bench import long_conversation as module  # type: ignore[no-redef]
     result = module.main(args.rest)
