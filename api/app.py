@@ -64,7 +64,27 @@ def _mount_static(app: FastAPI, directory: Path) -> None:
     app.mount("/static", StaticFiles(directory=directory), name="static")
 
 
-def _openapi_without_422(app: FastAPI) -> None:
+def _state_what_is_enforced(document: dict[str, Any], *, keys: bool, config: ApiConfig) -> None:
+    """Make the document say what this server enforces: its message limit, and bearer keys
+    (security and 401 answers) only when keys are configured."""
+    if not keys:
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                operation.pop("security", None)
+                operation.get("responses", {}).pop("401", None)
+        document.get("components", {}).pop("securitySchemes", None)
+    content = (
+        document.get("components", {})
+        .get("schemas", {})
+        .get("MessageCreate", {})
+        .get("properties", {})
+        .get("content")
+    )
+    if content is not None:
+        content["maxLength"] = config.max_message_chars
+
+
+def _openapi_without_422(app: FastAPI, config: ApiConfig) -> None:
     # Validation errors are answered with 400 in the error shape (api.errors), so FastAPI's
     # generated 422 HTTPValidationError entries would document a response that never comes.
     def openapi() -> dict[str, Any]:
@@ -87,6 +107,7 @@ def _openapi_without_422(app: FastAPI) -> None:
         schemas = document.get("components", {}).get("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
+        _state_what_is_enforced(document, keys=app.state.keyring.enabled, config=config)
         app.openapi_schema = document
         return document
 
@@ -115,6 +136,7 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if service is not None:
             app.state.service = service
+            app.state.idempotency.shared = service.keys
             yield
             return
         from graph.compose import open_service
@@ -122,6 +144,8 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
         logger.info("opening the chat service")
         async with open_service(settings) as opened:
             app.state.service = opened
+            # On PostgreSQL, Idempotency-Keys hold across every process of the deployment.
+            app.state.idempotency.shared = opened.keys
             logger.info("chat service ready")
             try:
                 yield
@@ -150,7 +174,7 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
     app.include_router(profiles.router)
     app.include_router(health.router)
     _mount_static(app, STATIC_DIR)
-    _openapi_without_422(app)
+    _openapi_without_422(app, config)
 
     # Added last = outermost: request id first, so metrics and the 500 log line carry it.
     app.add_middleware(CatchAllMiddleware)

@@ -409,7 +409,7 @@ def state_command(args: argparse.Namespace) -> int:
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "name",
-        choices=["locomo", "long-conversation", "memory", "engine", "framework"],
+        choices=["locomo", "long-conversation", "memory", "engine", "framework", "load"],
         help="which benchmark",
     )
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
@@ -428,10 +428,43 @@ def bench_command(args: argparse.Namespace) -> int:
         from bench import engine as module  # type: ignore[no-redef]
     elif args.name == "framework":
         from bench import framework as module  # type: ignore[no-redef]
+    elif args.name == "load":
+        from bench import load as module  # type: ignore[no-redef]
     else:
         from bench import long_conversation as module  # type: ignore[no-redef]
     result = module.main(args.rest)
     return int(result or 0)
+
+
+# ----------------------------------------------------------------------------- maintenance
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--days", type=float, help="idle age in days (default: STEADYCHAT_RETENTION_IDLE_DAYS)"
+    )
+
+
+@subcommand("sweep", help="delete threads idle past the retention age", arguments=_sweep_arguments)
+def sweep_command(args: argparse.Namespace) -> int:
+    """``steadychat sweep [--days N]``: the retention sweep, once."""
+    settings = _settings_from_args(args)
+    if settings is None:
+        return 2
+    from api.maintenance import run_sweep
+
+    return run_sweep(settings, days=args.days)
+
+
+@subcommand("scrub", help="remove deleted data's bytes from the local files (server stopped)")
+def scrub_command(args: argparse.Namespace) -> int:
+    """``steadychat scrub``: vacuum the SQLite checkpoints and the local Chroma store."""
+    settings = _settings_from_args(args)
+    if settings is None:
+        return 2
+    from api.maintenance import run_scrub
+
+    return run_scrub(settings)
 
 
 # ----------------------------------------------------------------------------- tiny model

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from graph.core import THREAD_ID_RULE
 from graph.errors import (
     ContextLengthError,
     EngineUnavailableError,
@@ -199,6 +200,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
     msg = str(first.get("msg", "invalid value"))
     if first.get("type") == "missing" and param:
         msg = f"'{param}' is required"
+    elif param in ("thread_id", "X-Thread-Id"):
+        msg = f"Invalid '{param}': {THREAD_ID_RULE}"
     elif param:
         msg = f"Invalid '{param}': {msg}"
     elif first.get("loc", ())[:1] == ("body",):

@@ -6,20 +6,28 @@ running again. The same key with a different body is refused with 422 and code
 scoped per owner and per route, kept in memory in a bounded LRU with a time to live. Only
 successful results are remembered: after an error a retry runs again. A retry that arrives
 while the first request is still running waits for it and shares its result.
+
+With a shared store (PostgreSQL, when the service runs on it) the keys hold across API
+processes: a retry that lands on another process gets the first result, and a duplicate sent
+to another process while the first still runs waits for it there. Results travel as JSON and
+are rebuilt as the route's own answer type.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from fastapi import Request
+from pydantic import TypeAdapter
 
 from api.errors import ApiError
 
@@ -28,6 +36,7 @@ __all__ = [
     "REPLAY_HEADER",
     "Claim",
     "IdempotencyCache",
+    "SharedKeys",
     "claim_for_request",
     "fingerprint",
     "run_once",
@@ -42,6 +51,72 @@ KEY_TTL_S = 24 * 3600.0
 """Seconds a key is remembered: a day outlasts any client's retries."""
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+Slot = tuple[str, str, str]
+
+
+class SharedKeyState(Protocol):
+    """What a shared store found for a key (``store.idempotency.KeyState``)."""
+
+    @property
+    def status(self) -> Literal["run", "done", "mismatch"]:
+        """``run`` (this caller runs), ``done`` (``result`` is remembered) or ``mismatch``."""
+        ...
+
+    @property
+    def result(self) -> Any:
+        """The remembered result, as JSON."""
+        ...
+
+
+class SharedKeys(Protocol):
+    """Keys shared by every API process (``store.idempotency.PostgresIdempotencyStore``)."""
+
+    async def claim(self, slot: Slot, fingerprint: str) -> SharedKeyState:
+        """Take the key, or find its result (waiting while another process runs it)."""
+        ...
+
+    async def finish(self, slot: Slot, result: Any) -> None:
+        """Store the JSON result of a claimed key."""
+        ...
+
+    async def release(self, slot: Slot) -> None:
+        """Forget a claimed key whose request failed."""
+        ...
+
+
+_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def _adapter(cls: type[Any]) -> TypeAdapter[Any]:
+    if cls not in _ADAPTERS:
+        _ADAPTERS[cls] = TypeAdapter(cls)
+    return _ADAPTERS[cls]
+
+
+def encode_result(result: Any) -> dict[str, Any]:
+    """A remembered result as JSON with the name of its type (a dict, a model, a dataclass)."""
+    cls = type(result)
+    if cls is dict:
+        return {"type": "dict", "data": result}
+    return {
+        "type": f"{cls.__module__}:{cls.__qualname__}",
+        "data": _adapter(cls).dump_python(result, mode="json"),
+    }
+
+
+def decode_result(blob: dict[str, Any]) -> Any:
+    """The result ``encode_result`` stored; only the API's own answer types are rebuilt."""
+    name = blob["type"]
+    if name == "dict":
+        return dict(blob["data"])
+    module, _, qualname = name.partition(":")
+    if not module.startswith("api.") or "." in qualname:
+        raise ValueError(f"not an answer type of the API: {name!r}")
+    cls = getattr(importlib.import_module(module), qualname)
+    return _adapter(cls).validate_python(blob["data"])
 
 
 def fingerprint(payload: Any) -> str:
@@ -80,17 +155,19 @@ class Claim:
     result: Any = None
     _settled: bool = False
 
-    def finish(self, result: Any) -> None:
+    async def finish(self, result: Any) -> None:
         """Remember ``result`` for retries with the same key and body (shared: never change it)."""
         if self.cache is not None and self.slot is not None and not self._settled:
             self._settled = True
             self.cache._finish(self.slot, result)
+            await self.cache._share_finish(self.slot, result)
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """Forget the key (the request failed); waiting retries run on their own."""
         if self.cache is not None and self.slot is not None and not self._settled:
             self._settled = True
             self.cache._release(self.slot)
+            await self.cache._share_release(self.slot)
 
 
 class IdempotencyCache:
@@ -100,6 +177,8 @@ class IdempotencyCache:
         max_entries: Keys kept at most; the least recently used go first.
         ttl_s: Seconds a key is remembered.
         clock: Monotonic clock (injectable for tests).
+        shared: A store that every API process sees (set when the service runs on
+            PostgreSQL); None keeps keys in this process only.
     """
 
     def __init__(
@@ -108,6 +187,7 @@ class IdempotencyCache:
         max_entries: int = MAX_KEYS,
         ttl_s: float = KEY_TTL_S,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedKeys | None = None,
     ) -> None:
         if max_entries < 1 or ttl_s <= 0:
             raise ValueError("max_entries must be >= 1 and ttl_s > 0")
@@ -115,6 +195,7 @@ class IdempotencyCache:
         self.ttl_s = ttl_s
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str, str], _Entry] = OrderedDict()
+        self.shared = shared
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -154,14 +235,11 @@ class IdempotencyCache:
             if entry is None:
                 self._entries[slot] = _Entry(body_hash, self._clock() + self.ttl_s)
                 self._evict()
-                return Claim(self, slot)
+                if self.shared is None:
+                    return Claim(self, slot)
+                return await self._claim_shared(slot, body_hash)
             if entry.fingerprint != body_hash:
-                raise ApiError(
-                    422,
-                    "This Idempotency-Key was already used with a different request body.",
-                    param=IDEMPOTENCY_HEADER,
-                    code="idempotency_key_reused",
-                )
+                raise _reused()
             self._entries.move_to_end(slot)
             if entry.done.done() and not entry.done.cancelled():
                 return Claim(None, None, replayed=True, result=entry.done.result())
@@ -174,6 +252,40 @@ class IdempotencyCache:
                 raise
             return Claim(None, None, replayed=True, result=result)
 
+    async def _claim_shared(self, slot: Slot, body_hash: str) -> Claim:
+        """This process runs the key unless another process has (or is running) it."""
+        assert self.shared is not None
+        try:
+            state = await self.shared.claim(slot, body_hash)
+            if state.status == "mismatch":
+                raise _reused()
+            result = decode_result(state.result) if state.status == "done" else None
+        except BaseException:
+            self._drop(slot)  # local duplicates waiting on this claim try again themselves
+            raise
+        if state.status == "done":
+            self._finish(slot, result)
+            return Claim(None, None, replayed=True, result=result)
+        return Claim(self, slot)
+
+    async def _share_finish(self, slot: Slot, result: Any) -> None:
+        if self.shared is None:
+            return
+        try:
+            await self.shared.finish(slot, encode_result(result))
+        except Exception:
+            # The answer stands; a retry on another process may run once more.
+            log.warning("could not share an idempotent result", exc_info=True)
+            await self._share_release(slot)
+
+    async def _share_release(self, slot: Slot) -> None:
+        if self.shared is None:
+            return
+        try:
+            await self.shared.release(slot)
+        except Exception:
+            log.warning("could not release an idempotency key", exc_info=True)
+
     def _finish(self, slot: tuple[str, str, str], result: Any) -> None:
         entry = self._entries.get(slot)
         if entry is not None and not entry.done.done():
@@ -182,6 +294,15 @@ class IdempotencyCache:
 
     def _release(self, slot: tuple[str, str, str]) -> None:
         self._drop(slot)
+
+
+def _reused() -> ApiError:
+    return ApiError(
+        422,
+        "This Idempotency-Key was already used with a different request body.",
+        param=IDEMPOTENCY_HEADER,
+        code="idempotency_key_reused",
+    )
 
 
 def _read_key(request: Request) -> str | None:
@@ -244,7 +365,7 @@ async def run_once(
     try:
         result = await run()
     except BaseException:
-        claim.release()
+        await claim.release()
         raise
-    claim.finish(result)
+    await claim.finish(result)
     return result, False

@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 from contextvars import ContextVar
+from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +26,58 @@ LOG_FORMAT = (
     "%(asctime)s %(levelname)s %(name)s [request_id=%(request_id)s thread_id=%(thread_id)s] "
     "%(message)s"
 )
+
+
+# C0 and C1 controls and the Unicode line and paragraph separators: anything that could end a
+# log line or rewrite the terminal showing it.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_control(text: str) -> str:
+    r"""Write control characters as escapes (``\n``, ``\x1b``...), so a value stays on its line.
+
+    Args:
+        text: Any text that goes into a log line (a path, an id, a message).
+
+    Returns:
+        The text with every control character escaped; other text (any language) unchanged.
+    """
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char)
+    if named:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+class SafeFormatter(logging.Formatter):
+    """A formatter that escapes control characters in every field of the line.
+
+    Client-supplied values (paths, ids, texts in messages) cannot start a forged line: the
+    message, its arguments and every attribute are escaped; a traceback keeps its own lines,
+    each continuation indented so none of them can pass for a new record.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line without its traceback, every string field escaped."""
+        safe = {
+            key: escape_control(value) if isinstance(value, str) else value
+            for key, value in record.__dict__.items()
+        }
+        return super().formatMessage(logging.makeLogRecord(safe))
+
+    def formatException(self, ei: Any) -> str:
+        """The traceback, its lines indented under the record and their controls escaped."""
+        lines = super().formatException(ei).split("\n")
+        return "\n".join("    " + escape_control(line) for line in lines)
+
+    def formatStack(self, stack_info: str) -> str:
+        """The stack, like a traceback."""
+        return "\n".join("    " + escape_control(line) for line in stack_info.split("\n"))
 
 
 def bind_thread(thread_id: str) -> None:
@@ -59,7 +112,7 @@ def configure_logging(level: str | int = "INFO") -> None:
     if any(getattr(h, "_steadychat", False) for h in logger.handlers):
         return
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(SafeFormatter(LOG_FORMAT))
     handler.addFilter(RequestContextFilter())
     handler._steadychat = True  # type: ignore[attr-defined]
     logger.addHandler(handler)

@@ -168,10 +168,10 @@ class TurnScope:
             else:
                 answer = await work()
         except BaseException as exc:
-            self._failed(timer, exc)
+            await self._failed(timer, exc)
             raise
         timer.finish("ok", answer.usage.model_dump())
-        claim.finish(answer)
+        await claim.finish(answer)
         return answer
 
     async def stream(
@@ -199,7 +199,7 @@ class TurnScope:
             if first is None:
                 raise _ended_early()
         except BaseException as exc:
-            self._failed(timer, exc)
+            await self._failed(timer, exc)
             await close_stream(source)
             raise
         # The background task closes the service stream even if the response never starts.
@@ -252,7 +252,7 @@ class TurnScope:
                 if piece is None:
                     raise _ended_early()
                 timer.finish("ok", piece.usage.model_dump())
-                claim.finish(piece)
+                await claim.finish(piece)
                 for event in writer.finish(piece):
                     yield event
             except Exception as exc:  # any failure reaches the client as an error event
@@ -267,13 +267,15 @@ class TurnScope:
         # No-ops once the turn has finished; otherwise the client left mid-stream, and a retry
         # of the unfinished turn must run again.
         timer.finish("cancelled")
-        self._claimed().release()
+        with anyio.CancelScope(shield=True):
+            await self._claimed().release()
         await close_stream(source)
 
-    def _failed(self, timer: TurnTimer, exc: BaseException) -> None:
+    async def _failed(self, timer: TurnTimer, exc: BaseException) -> None:
         left = isinstance(exc, ClientDisconnected) or not isinstance(exc, Exception)
         timer.finish("cancelled" if left else "error")
-        self._claimed().release()
+        with anyio.CancelScope(shield=True):
+            await self._claimed().release()
 
     def _claimed(self) -> Claim:
         if self._claim is None:

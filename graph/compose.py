@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.graph.state import CompiledStateGraph
 
 from graph.builder import Deps, compile_graph
 from graph.loading import load_chat_model
+from graph.locks import TurnLocks
 from graph.memory_writes import DeferredWrites
 from graph.remote_model import RemoteChatModel, load_remote_chat_model
 from graph.service import ChatService
@@ -22,8 +25,10 @@ from graph.settings import Settings
 from nodes.context import Context
 from nodes.memory import Embedder, MemoryStore
 from nodes.state import ChatState
-from store.checkpointer import open_checkpointer
+from store.checkpointer import open_checkpointer, parse_store_url
 from store.embeddings import load_embedder
+from store.idempotency import PostgresIdempotencyStore, open_idempotency_store
+from store.locks import open_postgres_locks
 from store.threads import open_thread_registry
 
 __all__ = [
@@ -40,6 +45,9 @@ def chat_model_from_settings(settings: Settings) -> BaseChatModel:
     if settings.engine_url:
         return load_remote_chat_model(settings)
     return load_chat_model(settings)
+
+
+log = logging.getLogger("graph.service")
 
 
 def default_context(settings: Settings) -> Context:
@@ -59,8 +67,14 @@ def memory_from_settings(settings: Settings, embedder: Embedder) -> MemoryStore:
     from store.vector_memory import ChromaMemory  # imports chromadb: only when needed
 
     if settings.chroma_url:
-        return ChromaMemory.from_url(settings.chroma_url, embedder)
-    return ChromaMemory.persistent(settings.resolved_chroma_path(), embedder)
+        return ChromaMemory.from_url(
+            settings.chroma_url, embedder, max_records_per_thread=settings.max_memories_per_thread
+        )
+    return ChromaMemory.persistent(
+        settings.resolved_chroma_path(),
+        embedder,
+        max_records_per_thread=settings.max_memories_per_thread,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -101,8 +115,17 @@ async def open_service(
         stack.push_async_callback(asyncio.to_thread, memory.close)
         saver = await stack.enter_async_context(open_checkpointer(url))
         registry = await stack.enter_async_context(open_thread_registry(url))
+        locks: TurnLocks | None = None
+        keys: PostgresIdempotencyStore | None = None
+        if parse_store_url(url).kind == "postgres":
+            # Several API processes may share this database: one turn at a time per thread
+            # and Idempotency-Keys hold across all of them.
+            locks = await stack.enter_async_context(
+                open_postgres_locks(url, max_connections=settings.lock_connections)
+            )
+            keys = await stack.enter_async_context(open_idempotency_store(url))
         graph = compile_graph(Deps(chat_model=chat_model, memory=memory), checkpointer=saver)
-        yield ChatService(
+        service = ChatService(
             graph=graph,
             chat_model=chat_model,
             checkpointer=saver,
@@ -110,7 +133,33 @@ async def open_service(
             memory=memory,
             defaults=default_context(settings),
             keep_checkpoints=settings.keep_checkpoints,
+            locks=locks,
+            keys=keys,
         )
+        if settings.retention_idle_days is not None:
+            sweeper = asyncio.create_task(_sweep_forever(service, settings))
+            stack.push_async_callback(_stop_task, sweeper)
+        yield service
+
+
+async def _stop_task(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _sweep_forever(service: ChatService, settings: Settings) -> None:
+    """Retention: delete idle threads now and every ``retention_sweep_seconds``."""
+    assert settings.retention_idle_days is not None
+    max_idle = timedelta(days=settings.retention_idle_days)
+    while True:
+        try:
+            deleted = await service.sweep_idle(max_idle)
+            if deleted:
+                log.info("retention: deleted %d idle thread(s)", len(deleted))
+        except Exception:  # housekeeping: the next sweep tries again
+            log.warning("retention sweep failed", exc_info=True)
+        await asyncio.sleep(settings.retention_sweep_seconds)
 
 
 def studio_graph(

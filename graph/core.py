@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import replace
 from typing import Any
@@ -13,26 +14,34 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from graph.errors import ThreadNotFoundError
-from graph.locks import ThreadLocks
+from graph.locks import ThreadLocks, TurnLocks
 from nodes.context import Context
 from nodes.memory import MemoryStore
 from nodes.state import ChatState
-from store.checkpointer import prune_checkpoints
+from store.checkpointer import forget_on_disk, prune_checkpoints
+from store.idempotency import PostgresIdempotencyStore
 from store.threads import ThreadRecord, ThreadRegistry
 
-__all__ = ["ServiceCore", "valid_thread_id"]
+__all__ = ["THREAD_ID_PATTERN", "THREAD_ID_RULE", "ServiceCore", "valid_thread_id"]
 
 log = logging.getLogger("graph.service")
 
 
+THREAD_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._:-]{0,127}$"
+"""The one rule for a thread id, wherever it comes in (REST path, ``X-Thread-Id``, the CLI):
+it goes into URLs, headers and log lines as it is, so no white space, no control character,
+nothing a path would normalise ("." or "..")."""
+THREAD_ID_RULE = (
+    "a thread id is 1 to 128 characters: ASCII letters, digits and . _ : - "
+    "(starting with a letter, a digit or _)"
+)
+"""``THREAD_ID_PATTERN`` in words, for error messages."""
+_THREAD_ID = re.compile(THREAD_ID_PATTERN)
+
+
 def valid_thread_id(thread_id: object) -> bool:
-    """Whether ``thread_id`` can name a thread: 1-128 printable characters, not all blank."""
-    return (
-        isinstance(thread_id, str)
-        and 0 < len(thread_id) <= 128
-        and thread_id.isprintable()
-        and bool(thread_id.strip())
-    )
+    """Whether ``thread_id`` can name a thread (``THREAD_ID_PATTERN``)."""
+    return isinstance(thread_id, str) and _THREAD_ID.fullmatch(thread_id) is not None
 
 
 class ServiceCore:
@@ -46,6 +55,10 @@ class ServiceCore:
         memory: Vector memory, or None.
         defaults: The context every turn starts from (settings-derived).
         keep_checkpoints: Checkpoints kept per thread after each turn (0 keeps all).
+        locks: Per-thread turn locks; in-process ones when None (one API process). Several
+            processes on one database need ``PostgresThreadLocks``.
+        keys: Idempotency-Key results shared by every process on the database, or None (the
+            API keeps them per process).
     """
 
     def __init__(
@@ -58,6 +71,8 @@ class ServiceCore:
         memory: MemoryStore | None = None,
         defaults: Context | None = None,
         keep_checkpoints: int = 20,
+        locks: TurnLocks | None = None,
+        keys: PostgresIdempotencyStore | None = None,
     ) -> None:
         self.graph = graph
         self.chat_model = chat_model
@@ -66,7 +81,8 @@ class ServiceCore:
         self.memory = memory
         self.defaults = defaults or Context()
         self.keep_checkpoints = keep_checkpoints
-        self._locks = ThreadLocks()
+        self._locks: TurnLocks = locks if locks is not None else ThreadLocks()
+        self.keys = keys
         self._running: dict[str, threading.Event] = {}
         """Cancel events of the turns running now, by thread (a deletion stops its turn)."""
 
@@ -92,10 +108,19 @@ class ServiceCore:
             raise ThreadNotFoundError(f"thread {thread_id!r} not found")
         return record
 
-    async def _prune(self, thread_id: str) -> None:
-        """Keep the thread's last ``keep_checkpoints`` checkpoints (every write adds one)."""
-        if self.keep_checkpoints > 0:
+    async def _prune(self, thread_id: str, *, keep: int | None = None) -> None:
+        """Keep the thread's last ``keep`` (default ``keep_checkpoints``) checkpoints."""
+        keep = self.keep_checkpoints if keep is None else keep
+        if keep > 0:
             try:
-                await prune_checkpoints(self.checkpointer, thread_id, keep=self.keep_checkpoints)
+                await prune_checkpoints(self.checkpointer, thread_id, keep=keep)
             except Exception:  # pruning is housekeeping; the write is saved either way
                 log.warning("could not prune checkpoints of %s", thread_id, exc_info=True)
+
+    async def _forget_on_disk(self, thread_id: str) -> None:
+        """After a deletion: truncate the checkpoint file's write-ahead log (SQLite)."""
+        if not await forget_on_disk(self.checkpointer):
+            log.warning(
+                "the checkpoint log stayed in use after forgetting %s; run steadychat scrub",
+                thread_id,
+            )

@@ -1,53 +1,28 @@
-"""One turn at a time per thread: an asyncio lock per thread, held while a turn runs."""
+"""One turn at a time per thread: the interface the service holds, and its two back ends."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from typing import Protocol
 
-__all__ = ["ThreadLocks"]
+from store.locks import LocalThreadLocks, PostgresThreadLocks, ThreadBusy
+
+__all__ = ["LocalThreadLocks", "PostgresThreadLocks", "ThreadBusy", "ThreadLocks", "TurnLocks"]
+
+ThreadLocks = LocalThreadLocks
+"""The in-process locks (SQLite or in-memory deployments: one process)."""
 
 
-class ThreadLocks:
-    """One asyncio lock per thread, dropped when nobody holds or waits for it.
-
-    ``enter`` registers a user synchronously (no await), so a check-then-enter on the event
-    loop is atomic: two requests arriving together cannot both see a thread as free.
-    """
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    def busy(self, thread_id: str) -> bool:
-        """Whether a turn holds or waits for the thread."""
-        return thread_id in self._locks
+class TurnLocks(Protocol):
+    """What the service needs of its per-thread locks, in one process or across several."""
 
     @property
     def waiting(self) -> int:
-        """Turns queued behind another turn of the same thread."""
-        return sum(max(0, users - 1) for _, users in self._locks.values())
+        """Turns of this process queued behind another turn of the same thread."""
+        ...
 
-    def enter(self, thread_id: str) -> asyncio.Lock:
-        """Register one more user of the thread's lock and return the lock (not acquired)."""
-        lock, users = self._locks.get(thread_id, (asyncio.Lock(), 0))
-        self._locks[thread_id] = (lock, users + 1)
-        return lock
-
-    def leave(self, thread_id: str) -> None:
-        """Unregister a user; the lock goes when its last user leaves."""
-        lock, users = self._locks[thread_id]
-        if users <= 1:
-            del self._locks[thread_id]
-        else:
-            self._locks[thread_id] = (lock, users - 1)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, thread_id: str) -> AsyncIterator[None]:
-        """Hold the thread's lock for the body of the ``async with``."""
-        lock = self.enter(thread_id)
-        try:
-            async with lock:
-                yield
-        finally:
-            self.leave(thread_id)
+    def hold(
+        self, thread_id: str, *, wait: bool = True
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the thread for the body; ThreadBusy at once when ``wait`` is False and busy."""
+        ...

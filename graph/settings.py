@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     busy_policy: Literal["wait", "reject"] = "wait"
     """What a message to a thread that is already answering does: ``wait`` queues it,
     ``reject`` answers 409 at once."""
+    lock_connections: int = Field(default=20, ge=1)
+    """PostgreSQL only: connections this process keeps for per-thread turn locks, so the
+    threads it can run or queue at once (a held lock keeps its connection for the turn)."""
     keep_checkpoints: int = Field(default=20, ge=1)
     """Checkpoints kept per thread; older ones are pruned after each turn."""
     host: str = "127.0.0.1"
@@ -90,6 +93,14 @@ class Settings(BaseSettings):
     """Token budget of the verbatim window; older turns are folded into summaries beyond it."""
     top_k: int = Field(default=8, ge=0)
     """Memories recalled per turn (8: chosen on LoCoMo's tuned-on conversations, bench/README)."""
+    retention_idle_days: float | None = Field(default=None, gt=0)
+    """Threads idle (no turn, no correction) for longer than this many days are deleted, like
+    ``DELETE /threads/{id}`` (checkpoints, memories, registry). Empty keeps threads forever."""
+    retention_sweep_seconds: float = Field(default=3600.0, gt=0)
+    """How often a running service looks for idle threads (with ``retention_idle_days`` set)."""
+    max_memories_per_thread: int | None = Field(default=None, ge=2)
+    """Records a thread keeps in vector memory (about 2 per turn, plus slot facts); beyond it
+    the oldest are forgotten first. Empty keeps them all."""
     engine_url: str | None = None
     """Base URL of an OpenAI-compatible inference engine (vLLM, SGLang, llama.cpp server,
     ``transformers serve``), e.g. ``http://10.0.0.5:8000/v1``. When set, replies are generated

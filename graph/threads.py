@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from graph.core import ServiceCore, valid_thread_id
+from graph.core import THREAD_ID_RULE, ServiceCore, valid_thread_id
 from graph.errors import ServiceError, ThreadNotFoundError
 from graph.views import CheckpointView, ThreadView, window_messages
 from nodes.remember import slot_memory_changes
@@ -32,7 +32,7 @@ class ThreadOperations(ServiceCore):
         """Register a thread (id generated when not given; an existing id raises ServiceError)."""
         thread_id = thread_id or uuid.uuid4().hex
         if not valid_thread_id(thread_id):
-            raise ServiceError("a thread id is 1 to 128 printable characters, not only white space")
+            raise ServiceError(f"invalid thread id {thread_id!r}: {THREAD_ID_RULE}")
         if await self.registry.is_deleted(thread_id):
             raise ServiceError(f"thread id {thread_id!r} belonged to a deleted thread")
         try:
@@ -46,7 +46,7 @@ class ThreadOperations(ServiceCore):
     async def ensure_thread(self, thread_id: str, *, owner: str = "anonymous") -> ThreadRecord:
         """The thread, created for ``owner`` if it does not exist yet."""
         if not valid_thread_id(thread_id):
-            raise ServiceError("a thread id is 1 to 128 printable characters, not only white space")
+            raise ServiceError(f"invalid thread id {thread_id!r}: {THREAD_ID_RULE}")
         record = await self.registry.get(thread_id)
         if record is None:
             if await self.registry.is_deleted(thread_id):
@@ -92,6 +92,35 @@ class ThreadOperations(ServiceCore):
             await self.checkpointer.adelete_thread(thread_id)
             if self.memory is not None:
                 await asyncio.to_thread(self.memory.delete_thread, thread_id)
+            await self._forget_on_disk(thread_id)
+
+    async def sweep_idle(self, max_idle: timedelta, *, now: datetime | None = None) -> list[str]:
+        """Delete every thread idle for longer than ``max_idle`` (retention), as ``delete_thread``.
+
+        Args:
+            max_idle: How long a thread may go without a turn or a correction.
+            now: The current time (tests pass their own).
+
+        Returns:
+            The ids of the deleted threads.
+        """
+        cutoff = (now or datetime.now(UTC)) - max_idle
+        deleted: list[str] = []
+        while True:
+            batch = [t for t in await self.registry.idle_since(cutoff) if t not in deleted]
+            if not batch:
+                return deleted
+            for thread_id in batch:
+                record = await self.registry.get(thread_id)
+                if record is None or record.updated_at >= cutoff:
+                    continue  # deleted or active since it was listed
+                try:
+                    await self.delete_thread(thread_id)
+                except ThreadNotFoundError:
+                    continue
+                deleted.append(thread_id)
+            if len(batch) < 100:
+                return deleted
 
     async def reset_thread(self, thread_id: str, *, owner: str | None = None) -> ThreadRecord:
         """Clear the thread's state, vectors and slots but keep the thread (same id, title)."""
@@ -101,6 +130,7 @@ class ThreadOperations(ServiceCore):
             if self.memory is not None:
                 await asyncio.to_thread(self.memory.clear_thread, thread_id)
             await self.registry.touch(thread_id, turns=0)
+            await self._forget_on_disk(thread_id)
         return await self._record(thread_id, owner)
 
     async def history(
@@ -130,8 +160,9 @@ class ThreadOperations(ServiceCore):
         """Correct (str) or clear (None) slots; the old value goes to the slot's history.
 
         A corrected value also replaces the slot's fact in vector memory, as a correction made
-        in conversation does, and a cleared slot's fact is deleted, so that recall no longer
-        offers the old value.
+        in conversation does. A cleared slot is forgotten: its history is emptied, its fact
+        deleted from vector memory, and the thread's older checkpoints (which hold the value)
+        pruned, so that only the newest checkpoint stays.
         """
         record = await self._record(thread_id, owner)
         async with self._locks.hold(thread_id):
@@ -153,7 +184,11 @@ class ThreadOperations(ServiceCore):
                 if self.memory is not None and cleared:
                     await asyncio.to_thread(self.memory.delete_records, cleared)
                 await self.registry.touch(thread_id)
-                await self._prune(thread_id)
+                if cleared:
+                    await self._prune(thread_id, keep=1)
+                    await self._forget_on_disk(thread_id)
+                else:
+                    await self._prune(thread_id)
             current.update(updates)
             return current
 

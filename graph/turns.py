@@ -23,6 +23,7 @@ from graph.errors import (
     TurnCancelledError,
     TurnFailedError,
 )
+from graph.locks import ThreadBusy
 from graph.views import TurnEvent, TurnResult
 from nodes.context import Context
 from nodes.errors import ContextOverflowError, ThreadDeletedError, TurnCancelled
@@ -78,12 +79,9 @@ class TurnRunner(ServiceCore):
         await self._record(thread_id, owner)
         base = context or self.defaults
         ctx = replace(base, cancel_event=threading.Event())
-        if not wait and self._locks.busy(thread_id):
-            raise ThreadBusyError(f"a turn is already running on thread {thread_id!r}")
-        lock = self._locks.enter(thread_id)  # no await since the check: atomic on the loop
         queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
         task = asyncio.create_task(
-            self._turn_task(thread_id, lock, text, owner, ctx, timestamp, queue)
+            self._turn_task(thread_id, wait, text, owner, ctx, timestamp, queue)
         )
         finished = False
         try:
@@ -105,7 +103,7 @@ class TurnRunner(ServiceCore):
     async def _turn_task(
         self,
         thread_id: str,
-        lock: asyncio.Lock,
+        wait: bool,
         text: str,
         owner: str | None,
         ctx: Context,
@@ -115,7 +113,7 @@ class TurnRunner(ServiceCore):
         cancel_event = ctx.cancel_event
         assert cancel_event is not None
         try:
-            async with lock:
+            async with self._locks.hold(thread_id, wait=wait):
                 record = await self.registry.get(thread_id)
                 if record is None or (owner is not None and record.owner != owner):
                     raise ThreadNotFoundError(f"thread {thread_id!r} not found")
@@ -130,6 +128,9 @@ class TurnRunner(ServiceCore):
                 finally:
                     self._running.pop(thread_id, None)
                 await queue.put(TurnEvent(type="done", result=result))
+        except ThreadBusy:
+            busy = ThreadBusyError(f"a turn is already running on thread {thread_id!r}")
+            await queue.put(TurnEvent(type="error", error=busy))
         except ServiceError as exc:
             await queue.put(TurnEvent(type="error", error=exc))
         except Exception as exc:
@@ -138,7 +139,6 @@ class TurnRunner(ServiceCore):
             failed.__cause__ = exc
             await queue.put(TurnEvent(type="error", error=failed))
         finally:
-            self._locks.leave(thread_id)
             await queue.put(None)
 
     async def _run_locked(

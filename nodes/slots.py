@@ -89,7 +89,9 @@ def apply_slot_value(
 
 
 def clear_slot(current: Slot | None, *, turn: int, source: str = "user") -> Slot | None:
-    """Clear a slot (value None), keeping the cleared value in its history.
+    """Clear a slot (value None) and forget its earlier values too (an empty history).
+
+    Clearing is forgetting: neither the value nor the ones it replaced stay in state.
 
     Args:
         current: The slot as it is in state.
@@ -101,9 +103,7 @@ def clear_slot(current: Slot | None, *, turn: int, source: str = "user") -> Slot
     """
     if current is None or current.get("value") is None:
         return None
-    return Slot(
-        value=None, turn=turn, source=source, evidence="", history=_history_with(current, turn)
-    )
+    return Slot(value=None, turn=turn, source=source, evidence="", history=[])
 
 
 def correct_slots(

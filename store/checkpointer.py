@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 __all__ = [
     "ACCEPTED_URLS",
     "StoreURL",
+    "forget_on_disk",
     "open_checkpointer",
     "open_sync_checkpointer",
     "parse_store_url",
@@ -105,6 +108,17 @@ async def _postgres_pool(
         await pool.close()
 
 
+_TRY_SETUP_LOCK = "SELECT pg_try_advisory_lock(hashtext('steadychat:setup')) AS locked"
+_SETUP_UNLOCK = "SELECT pg_advisory_unlock(hashtext('steadychat:setup'))"
+
+
+def _first(row: Any) -> Any:
+    """The first column of a row (a dict row or a tuple)."""
+    if row is None:
+        return None
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+
 def _postgres_connection_kwargs() -> dict[str, Any]:
     from psycopg.rows import dict_row
 
@@ -142,6 +156,8 @@ async def open_checkpointer(
     if target.kind == "sqlite":
         path = _prepare_sqlite_path(target.location)
         async with aiosqlite.connect(path) as conn:
+            # Deleted rows are overwritten with zeros, not only unlinked (see forget_on_disk).
+            await conn.execute("PRAGMA secure_delete = ON")
             saver = AsyncSqliteSaver(conn)
             await saver.setup()  # runs PRAGMA journal_mode=WAL and CREATE TABLE IF NOT EXISTS
             yield saver
@@ -155,7 +171,19 @@ async def open_checkpointer(
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
         pg_saver = AsyncPostgresSaver(conn=pool)
-        await pg_saver.setup()
+        # The saver's migrations race when several workers start at once on a fresh
+        # database (duplicate migration rows): one setup at a time, across processes.
+        async with pool.connection() as conn:
+            # Polled, not a blocking pg_advisory_lock: a statement waiting on the server
+            # would hold a snapshot that the saver's CREATE INDEX CONCURRENTLY waits for.
+            while True:
+                if _first(await (await conn.execute(_TRY_SETUP_LOCK)).fetchone()):
+                    break
+                await asyncio.sleep(0.1)
+            try:
+                await pg_saver.setup()
+            finally:
+                await conn.execute(_SETUP_UNLOCK)
         yield pg_saver
 
 
@@ -189,6 +217,7 @@ def open_sync_checkpointer(
         path = _prepare_sqlite_path(target.location)
         # The saver serialises access with its own lock, so any thread may use it.
         conn = sqlite3.connect(path, check_same_thread=False)
+        conn.execute("PRAGMA secure_delete = ON")
         try:
             saver = SqliteSaver(conn)
             saver.setup()
@@ -208,7 +237,13 @@ def open_sync_checkpointer(
     ) as pool:
         pool.open(wait=True, timeout=connect_timeout)
         pg_saver = PostgresSaver(conn=pool)
-        pg_saver.setup()
+        with pool.connection() as conn:  # one setup at a time, as in open_checkpointer
+            while not _first(conn.execute(_TRY_SETUP_LOCK).fetchone()):
+                time.sleep(0.1)
+            try:
+                pg_saver.setup()
+            finally:
+                conn.execute(_SETUP_UNLOCK)
         yield pg_saver
 
 
@@ -333,3 +368,30 @@ async def prune_checkpoints(saver: BaseCheckpointSaver[Any], thread_id: str, kee
         f"cannot prune checkpoints of {type(saver).__name__}; supported: InMemorySaver, "
         "AsyncSqliteSaver, AsyncPostgresSaver"
     )
+
+
+async def forget_on_disk(saver: BaseCheckpointSaver[Any]) -> bool:
+    """Make what was just deleted from a SQLite checkpointer unreadable in its files.
+
+    The saver's connection has secure deletion on, so deleted rows are zeroed in the pages
+    that held them; but in WAL mode the pages as they were before the delete stay in the
+    ``-wal`` file until it is checkpointed. This checkpoints it and truncates it to zero
+    bytes (retried while another connection reads or writes; the thread registry shares the
+    file). Other savers keep nothing on disk of their own (memory) or delete rows
+    (PostgreSQL): a no-op.
+
+    Args:
+        saver: A checkpointer ``open_checkpointer`` returned.
+
+    Returns:
+        False when the write-ahead log stayed in use and could not be truncated.
+    """
+    if not isinstance(saver, AsyncSqliteSaver):
+        return True
+    for _ in range(100):
+        async with saver.lock, saver.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+            row = await cur.fetchone()
+        if row is None or int(row[0]) == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False

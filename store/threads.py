@@ -143,6 +143,10 @@ class ThreadRegistry(ABC):
     ) -> tuple[builtins.list[ThreadRecord], int]:
         """Live rows newest-updated first (ties: newest created, then id), and their count."""
 
+    @abstractmethod
+    async def _idle(self, before: datetime, limit: int) -> builtins.list[str]:
+        """Ids of live rows last updated before ``before``, least recently updated first."""
+
     # -- the API -----------------------------------------------------------------------------
     def _now(self) -> datetime:
         """The clock in UTC, made strictly increasing so that "newest first" has no ties."""
@@ -233,6 +237,20 @@ class ThreadRegistry(ABC):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         return await self._page(owner, limit, offset)
 
+    async def idle_since(self, before: datetime, *, limit: int = 100) -> builtins.list[str]:
+        """Live threads whose last activity (``updated_at``) is older than ``before``.
+
+        Args:
+            before: An aware datetime.
+            limit: At most this many ids, least recently updated first.
+
+        Returns:
+            Their ids.
+        """
+        if before.tzinfo is None:
+            raise ValueError("before must be timezone-aware")
+        return await self._idle(before.astimezone(UTC), limit)
+
     async def touch(self, thread_id: str, turns: int | None = None) -> ThreadRecord:
         """Record activity: ``updated_at`` becomes now, and ``turns`` when given.
 
@@ -259,6 +277,9 @@ class ThreadRegistry(ABC):
     async def mark_deleted(self, thread_id: str) -> bool:
         """Tombstone the thread: hidden from now on, late writes refused, id never reused.
 
+        The tombstone keeps the id, the owner and the dates; the title and metadata are
+        erased.
+
         An id never registered gets a tombstone too (owner ""), so a thread that only ever had
         checkpoints is also protected from late writes.
 
@@ -278,7 +299,9 @@ class ThreadRegistry(ABC):
                 return False
             if record.is_deleted:
                 return False
-            await self._update(tx, replace(record, deleted_at=now, updated_at=now))
+            # The tombstone keeps the id and owner only: title and metadata are forgotten.
+            tombstone = replace(record, title=None, metadata={}, deleted_at=now, updated_at=now)
+            await self._update(tx, tombstone)
             return True
 
     async def is_deleted(self, thread_id: str) -> bool:
@@ -333,6 +356,11 @@ class InMemoryThreadRegistry(ThreadRegistry):
         live.sort(key=lambda r: r.thread_id)
         live.sort(key=lambda r: (r.updated_at, r.created_at), reverse=True)
         return live[offset : offset + limit], len(live)
+
+    async def _idle(self, before: datetime, limit: int) -> builtins.list[str]:
+        idle = [r for r in self._rows.values() if not r.is_deleted and r.updated_at < before]
+        idle.sort(key=lambda r: (r.updated_at, r.thread_id))
+        return [r.thread_id for r in idle[:limit]]
 
 
 # -- SQL back ends ----------------------------------------------------------------------------
@@ -478,6 +506,18 @@ class SqliteThreadRegistry(ThreadRegistry):
                 count_row = await cur.fetchone()
         return [self._record(r) for r in rows], int(count_row[0]) if count_row else 0
 
+    async def _idle(self, before: datetime, limit: int) -> builtins.list[str]:
+        async with (
+            self._lock,
+            self.conn.execute(
+                f"SELECT thread_id FROM {TABLE} WHERE deleted_at IS NULL AND updated_at < ? "
+                "ORDER BY updated_at, thread_id LIMIT ?",
+                (self._time(before), limit),
+            ) as cur,
+        ):
+            rows = await cur.fetchall()
+        return [str(r[0]) for r in rows]
+
 
 class PostgresThreadRegistry(ThreadRegistry):
     """A registry table in PostgreSQL (the checkpoints' database), for several processes.
@@ -608,6 +648,16 @@ class PostgresThreadRegistry(ThreadRegistry):
                 total = int(count["total"]) if count else 0
         return [self._record(r) for r in rows], total
 
+    async def _idle(self, before: datetime, limit: int) -> builtins.list[str]:
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                f"SELECT thread_id FROM {TABLE} WHERE deleted_at IS NULL AND updated_at < %s "
+                "ORDER BY updated_at, thread_id LIMIT %s",
+                (before, limit),
+            )
+            rows = await cur.fetchall()
+        return [str(r[0]) for r in rows]
+
 
 @asynccontextmanager
 async def open_thread_registry(
@@ -641,6 +691,7 @@ async def open_thread_registry(
         path = _prepare_sqlite_path(target.location)
         async with aiosqlite.connect(path) as conn:
             await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA secure_delete = ON")
             registry = SqliteThreadRegistry(conn, clock=clock)
             await registry.setup()
             yield registry

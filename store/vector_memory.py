@@ -236,6 +236,7 @@ class ChromaMemory:
         ranking: Literal["score", "rrf"] = "score",
         candidates: int = 64,
         duplicate_threshold: float = 0.9,
+        max_records_per_thread: int | None = None,
     ) -> None:
         """Open (or create) the collection.
 
@@ -250,6 +251,8 @@ class ChromaMemory:
             candidates: Minimum candidates taken from each ranking before fusion.
             duplicate_threshold: Hits whose term sets overlap this much (Jaccard) with a
                 better hit are dropped as near-duplicates.
+            max_records_per_thread: A thread keeps at most this many records; a write beyond
+                it forgets the oldest (lowest turn, then earliest written) first. None: no cap.
 
         Raises:
             ValueError: Bad option, or the collection was built with a different embedding
@@ -261,6 +264,11 @@ class ChromaMemory:
             raise ValueError(f"ranking must be 'score' or 'rrf', got {ranking!r}")
         if candidates < 1:
             raise ValueError(f"candidates must be positive, got {candidates}")
+        if max_records_per_thread is not None and max_records_per_thread < 1:
+            raise ValueError(
+                f"max_records_per_thread must be positive, got {max_records_per_thread}"
+            )
+        self._max_per_thread = max_records_per_thread
         self._embedder = embedder
         self._dense_weight = dense_weight
         self._ranking = ranking
@@ -289,6 +297,9 @@ class ChromaMemory:
         self._indexes_lock = threading.Lock()
         self._query_vectors: OrderedDict[str, list[float]] = OrderedDict()
         self._vectors_lock = threading.Lock()
+        self._local_folder: Path | None = None
+        """The folder of a local store, whose file ``scrub`` rewrites; None for a server."""
+        self._scrub_lock = threading.Lock()
 
     @classmethod
     def persistent(cls, path: str | Path, embedder: Embedder, **options: Any) -> ChromaMemory:
@@ -303,7 +314,9 @@ class ChromaMemory:
             The store.
         """
         client = chromadb.PersistentClient(path=str(path), settings=_settings())
-        return cls(client, embedder, **options)
+        memory = cls(client, embedder, **options)
+        memory._local_folder = Path(path)
+        return memory
 
     @classmethod
     def from_url(
@@ -404,8 +417,32 @@ class ChromaMemory:
         # process): look again after writing and take back what reached a deleted thread.
         late = self._deleted(threads)
         if late:
-            self._collection.delete(ids=[r.id for r in records if r.thread_id in late])
+            taken_back = [r for r in records if r.thread_id in late]
+            self._forget([r.id for r in taken_back], [self._metadata(r) for r in taken_back])
             raise ThreadDeletedError(f"thread {sorted(late)[0]!r} has been deleted")
+        if self._max_per_thread is not None:
+            for thread in threads:
+                self._evict_oldest(thread, keep=self._max_per_thread, written=set(ids))
+
+    def _evict_oldest(self, thread_id: str, *, keep: int, written: set[str]) -> int:
+        """Forget the thread's oldest records beyond ``keep`` (never the ones just written)."""
+        where: Where = {"thread_id": thread_id}
+        stored = self._collection.get(where=where, include=["metadatas"])
+        if len(stored["ids"]) <= keep:
+            return 0
+        metas: list[dict[str, Any]] = [dict(m or {}) for m in stored["metadatas"] or []]
+        rows = sorted(
+            zip(stored["ids"], metas, strict=True),
+            key=lambda row: (
+                int(row[1].get("turn", 0)),
+                float(row[1].get("written_at", 0.0)),
+                row[0],
+            ),
+        )
+        excess = [row for row in rows if row[0] not in written][: len(rows) - keep]
+        # A cap is housekeeping on every write: the file is scrubbed by the next deletion.
+        self._forget([r[0] for r in excess], [r[1] for r in excess], scrub=False)
+        return len(excess)
 
     def _embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Embed texts in one batch, reusing the vectors of texts just searched for."""
@@ -456,8 +493,7 @@ class ChromaMemory:
         )
         where: Where = {"thread_id": thread_id}
         stored = self._collection.get(where=where, include=["metadatas"])
-        self._forget(stored["ids"], stored["metadatas"] or [])
-        self._collection.delete(where=where)
+        self._forget(stored["ids"], stored["metadatas"] or [], where=where)
         return len(stored["ids"])
 
     def delete_records(self, ids: Sequence[str]) -> int:
@@ -475,7 +511,6 @@ class ChromaMemory:
         present = self._collection.get(ids=wanted, include=["metadatas"])
         if present["ids"]:
             self._forget(present["ids"], present["metadatas"] or [])
-            self._collection.delete(ids=list(present["ids"]))
         return len(present["ids"])
 
     def clear_thread(self, thread_id: str) -> int:
@@ -491,16 +526,54 @@ class ChromaMemory:
         self._tombstones.delete(ids=[thread_id])
         return count
 
-    def _forget(self, ids: Sequence[str], metadatas: Sequence[Any]) -> None:
-        """Journal a deletion for the keyword indexes, before the records are deleted.
+    def _forget(
+        self,
+        ids: Sequence[str],
+        metadatas: Sequence[Any],
+        *,
+        where: Where | None = None,
+        scrub: bool = True,
+    ) -> None:
+        """Delete records: journal the deletion, delete them, and scrub a local store's file.
 
         Every deletion goes through here (a thread, a reset, single records, any cap on a
         thread's size): an index of another process learns of it only from the journal.
         Journalled first, so that no search can see the records gone from Chroma but still in
-        its index.
+        its index. In a local folder the file is then scrubbed (``store.scrub``) so that no
+        byte of the deleted documents and metadata remains on disk.
+
+        Args:
+            ids: The records' ids.
+            metadatas: Their metadata (``thread_id`` and ``user_id`` name the indexes).
+            where: Also delete what matches this filter (records written meanwhile).
+            scrub: Scrub the local file now (an eviction leaves it to the next scrub).
         """
-        if not ids:
-            return
+        if ids:
+            self._journal_deletion(ids, metadatas)
+            self._collection.delete(ids=list(ids))
+        if where is not None:
+            self._collection.delete(where=where)
+        if scrub and (ids or where is not None):
+            self.scrub()
+
+    def scrub(self) -> int:
+        """Remove the bytes of deleted records from a local store's file (no-op on a server).
+
+        Returns:
+            How many queued writes of deleted records were blanked.
+        """
+        if self._local_folder is None:
+            return 0
+        from store.scrub import ScrubError, scrub_chroma_in_child
+
+        with self._scrub_lock:
+            try:
+                return scrub_chroma_in_child(self._local_folder)
+            except ScrubError:
+                logger.warning("could not scrub %s; run steadychat scrub", self._local_folder)
+                return 0
+
+    def _journal_deletion(self, ids: Sequence[str], metadatas: Sequence[Any]) -> None:
         by_key: dict[str, list[str]] = {}
         for doc_id, meta in zip(ids, metadatas, strict=True):
             meta = meta or {}

@@ -25,6 +25,7 @@ from api.openai_schemas import (
 )
 from api.openai_stream import ChunkWriter
 from api.turn import TurnDep
+from graph.core import THREAD_ID_PATTERN, THREAD_ID_RULE
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -34,8 +35,8 @@ ThreadIdHeader = Annotated[
         alias="X-Thread-Id",
         min_length=1,
         max_length=128,
-        pattern=r"^[A-Za-z0-9._:-]+$",
-        description="Makes the call a turn of this thread (created on first use).",
+        pattern=THREAD_ID_PATTERN,
+        description=f"Makes the call a turn of this thread (made on first use); {THREAD_ID_RULE}.",
     ),
 ]
 

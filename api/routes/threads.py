@@ -29,6 +29,7 @@ from api.schemas import (
     ThreadPublic,
 )
 from api.turn import Pieces, TurnDep, turn_context, turn_pieces
+from graph.core import THREAD_ID_PATTERN, THREAD_ID_RULE
 
 logger = logging.getLogger("steadychat.api.threads")
 
@@ -40,7 +41,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 router = APIRouter(prefix="/threads", tags=["threads"], responses=_ERRORS)
 
-ThreadId = Annotated[str, Path(min_length=1, max_length=128, description="The thread's id.")]
+ThreadId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=128,
+        pattern=THREAD_ID_PATTERN,
+        description=f"The thread's id: {THREAD_ID_RULE}.",
+    ),
+]
 
 _GENERATION = {"temperature", "top_p", "seed", "stop"}
 """The request's sampling overrides, passed to the model as they are."""

@@ -296,7 +296,7 @@ async def test_idempotency_cache_is_bounded_and_expires() -> None:
     for key in ("a", "b", "c"):
         claim = await cache.claim(owner="o", scope="s", key=key, body_hash=body)
         assert not claim.replayed
-        claim.finish({"key": key})
+        await claim.finish({"key": key})
     assert len(cache) == 2
     # "a" was the least recently used: it was dropped, so it runs again.
     assert not (await cache.claim(owner="o", scope="s", key="a", body_hash=body)).replayed
@@ -313,7 +313,7 @@ async def test_failed_request_frees_its_key() -> None:
     body = fingerprint({"b": 1, "a": 2})
     assert body == fingerprint({"a": 2, "b": 1})
     claim = await cache.claim(owner="o", scope="s", key="k", body_hash=body)
-    claim.release()
+    await claim.release()
     retry = await cache.claim(owner="o", scope="s", key="k", body_hash=body)
     assert not retry.replayed
 

@@ -70,20 +70,20 @@ def test_history_is_bounded() -> None:
     assert slot["history"][-1]["value"] == f"v{MAX_HISTORY + 8}"
 
 
-def test_clear_keeps_the_old_value_and_clearing_twice_is_no_change() -> None:
+def test_clear_forgets_the_value_and_its_history_and_clearing_twice_is_no_change() -> None:
     slot = apply_slot_value(None, "English", turn=1, source="rule:language", evidence="x")
+    slot = apply_slot_value(slot, "French", turn=2, source="rule:language", evidence="y")
+    assert slot is not None and [h["value"] for h in slot["history"]] == ["English"]
     cleared = clear_slot(slot, turn=5)
     assert cleared is not None
     assert cleared["value"] is None
     assert cleared["source"] == "user"
-    assert cleared["history"] == [
-        {"value": "English", "turn": 1, "source": "rule:language", "replaced_at": 5}
-    ]
+    assert cleared["history"] == []
     assert clear_slot(cleared, turn=6) is None
     assert clear_slot(None, turn=6) is None
     again = apply_slot_value(cleared, "中文", turn=7, source="rule:language", evidence="用中文")
     assert again is not None
-    assert [h["value"] for h in again["history"]] == ["English"]
+    assert again["value"] == "中文" and again["history"] == []
 
 
 @pytest.mark.parametrize(("value", "turn"), [("", 1), ("   ", 1), ("x", -1)])

@@ -110,9 +110,13 @@ async def test_touch_updates_turns_and_time(registry: ThreadRegistry) -> None:
 async def test_tombstone_hides_the_thread_refuses_writes_and_reuse(
     registry: ThreadRegistry,
 ) -> None:
-    await registry.create("gone", owner="o", title="bye")
+    await registry.create("gone", owner="o", title="bye", metadata={"note": "private"})
     await registry.create("kept", owner="o")
     assert await registry.mark_deleted("gone") is True
+    # The tombstone keeps the id and owner, nothing the thread was about.
+    tombstone = await registry._get("gone")
+    assert tombstone is not None and tombstone.owner == "o"
+    assert tombstone.title is None and tombstone.metadata == {}
 
     assert await registry.get("gone") is None
     assert await registry.is_deleted("gone") is True
