@@ -7,6 +7,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 if TYPE_CHECKING:
@@ -90,7 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         The process exit code.
     """
     args = build_parser().parse_args(argv)
-    return int(args._run(args))
+    from graph.loading import ModelUnavailableError
+
+    try:
+        return int(args._run(args))
+    except ModelUnavailableError as exc:
+        # One line, no traceback: the message names the offline alternatives.
+        print(f"steadychat {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 # ----------------------------------------------------------------------------- chat
@@ -112,7 +120,71 @@ class Conversation(Protocol):
         ...
 
 
-def run_chat(conversation: Conversation, *, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+CHAT_HELP = """\
+Commands:
+  /help            this list
+  /profile NAME    switch the generation profile (general, professional, creative, precise)
+  reset            clear the conversation (slots, summaries, memory of this thread)
+  exit, quit, 退出  end the chat (Ctrl-D too)
+Anything else is sent as a message. Up/down arrows recall earlier lines; Ctrl-C stops a reply."""
+
+
+class _LineReader:
+    """Reads user lines: through ``readline`` (line editing, a history file) on a terminal,
+    plainly from the stream otherwise (piped input)."""
+
+    def __init__(self, stdin: TextIO, stdout: TextIO, history_file: Path | None) -> None:
+        self._stdin = stdin
+        self._stdout = stdout
+        self._history_file = history_file
+        self._readline: Any = None
+        self.interactive = stdin.isatty()
+        if self.interactive and stdin is sys.stdin:
+            try:
+                import readline
+            except ImportError:  # pragma: no cover - platforms without GNU readline
+                readline = None  # type: ignore[assignment]
+            self._readline = readline
+        if self._readline is not None and history_file is not None:
+            import contextlib
+
+            with contextlib.suppress(OSError):
+                self._readline.read_history_file(history_file)
+
+    def read(self) -> str | None:
+        """The next line without its newline; None at end of input."""
+        if self._readline is not None:
+            try:
+                return input("you> ")
+            except EOFError:
+                self._stdout.write("\n")
+                return None
+        if self.interactive:
+            self._stdout.write("you> ")
+            self._stdout.flush()
+        line = self._stdin.readline()
+        return line if line else None
+
+    def save(self) -> None:
+        """Write the history file (terminal sessions only)."""
+        if self._readline is None or self._history_file is None:
+            return
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            self._history_file.parent.mkdir(parents=True, exist_ok=True)
+            self._readline.set_history_length(1000)
+            self._readline.write_history_file(self._history_file)
+
+
+def run_chat(
+    conversation: Conversation,
+    *,
+    stdin: TextIO,
+    stdout: TextIO,
+    stderr: TextIO,
+    history_file: Path | None = None,
+) -> int:
     """Read user lines from ``stdin`` and print streamed replies until exit or end of input.
 
     Args:
@@ -120,30 +192,40 @@ def run_chat(conversation: Conversation, *, stdin: TextIO, stdout: TextIO, stder
         stdin: User input, one message per line.
         stdout: Replies, flushed token by token.
         stderr: Notices and errors.
+        history_file: Where a terminal session keeps its ``readline`` history.
 
     Returns:
         0 on ``exit``/``quit``/``退出`` or end of input, 130 on Ctrl-C at the prompt.
     """
-    interactive = stdin.isatty()
-    if interactive:
-        print("Type a message; 'reset' clears, '/profile NAME' switches, 'exit' ends.", file=stderr)
+    reader = _LineReader(stdin, stdout, history_file)
+    if reader.interactive:
+        print("Type a message; /help lists the commands, 'exit' ends.", file=stderr)
+    try:
+        return _chat_loop(conversation, reader, stdout=stdout, stderr=stderr)
+    finally:
+        reader.save()
+
+
+def _chat_loop(
+    conversation: Conversation, reader: _LineReader, *, stdout: TextIO, stderr: TextIO
+) -> int:
     while True:
-        if interactive:
-            stdout.write("you> ")
-            stdout.flush()
         try:
-            line = stdin.readline()
+            line = reader.read()
         except KeyboardInterrupt:
             stdout.write("\n")
             return 130
-        if not line:
+        if line is None:
             return 0
         text = line.strip()
         if not text:
             continue
         if text.lower() in EXIT_WORDS:
             return 0
-        if text.lower() == "reset":
+        if text.lower() in {"/help", "help", "/?"}:
+            print(CHAT_HELP, file=stderr)
+            continue
+        if text.lower() in {"reset", "/reset"}:
             conversation.reset()
             print("(conversation cleared)", file=stderr)
             continue
@@ -155,6 +237,9 @@ def run_chat(conversation: Conversation, *, stdin: TextIO, stdout: TextIO, stder
                 print(f"error: {exc}", file=stderr)
             else:
                 print(f"(profile: {name})", file=stderr)
+            continue
+        if text.startswith("/") and " " not in text:
+            print(f"unknown command {text}; /help lists the commands", file=stderr)
             continue
         stdout.write("assistant> ")
         stdout.flush()
@@ -177,7 +262,8 @@ def run_chat(conversation: Conversation, *, stdin: TextIO, stdout: TextIO, stder
 
 def _chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", help="HF model id, local folder or 'tiny' (default: STEADYCHAT_MODEL)"
+        "--model",
+        help="HF model id, local folder, 'smollm2' or 'tiny' (default: STEADYCHAT_MODEL)",
     )
     parser.add_argument("--profile", help="general, professional, creative or precise")
     parser.add_argument("--thread", help="thread id to continue (default: a new thread)")
@@ -284,14 +370,16 @@ def _settings_from_args(args: argparse.Namespace, **extra: object) -> Settings |
 
 
 def _quiet_model_loading(settings: Settings) -> None:
-    import os
-
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    """Keep the libraries' warnings out of the terminal; progress bars stay for real models
+    (a first download or conversion takes minutes), the tiny model loads too fast to need one."""
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     if settings.model == "tiny":
+        import os
+
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        hf_logging.disable_progress_bar()
         import torch
 
         # The tiny model's matrices are too small for intra-op threads to pay off.
@@ -316,7 +404,13 @@ def chat_command(args: argparse.Namespace) -> int:
         sys.stdout.reconfigure(errors="replace")
     print(f"(thread {conversation.thread_id})", file=sys.stderr)
     try:
-        return run_chat(conversation, stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr)
+        return run_chat(
+            conversation,
+            stdin=sys.stdin,
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+            history_file=settings.data_dir / "chat_history",
+        )
     finally:
         conversation.close()
 
@@ -326,7 +420,8 @@ def chat_command(args: argparse.Namespace) -> int:
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", help="HF model id, local folder or 'tiny' (default: STEADYCHAT_MODEL)"
+        "--model",
+        help="HF model id, local folder, 'smollm2' or 'tiny' (default: STEADYCHAT_MODEL)",
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
@@ -355,6 +450,17 @@ def serve_command(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     _quiet_model_loading(settings)
+    from graph.loading import resolve_model_source
+
+    try:
+        # Before uvicorn starts: a missing model is one line here, not a failed lifespan, and
+        # a first conversion shows its progress before the server's log begins. With an
+        # engine only the tokenizer is local; its loading reports for itself.
+        if not settings.engine_url:
+            resolve_model_source(settings)
+    except ValueError as exc:
+        print(f"steadychat serve: {exc}", file=sys.stderr)
+        return 1
     from api.serve import serve
 
     serve(settings)
@@ -367,7 +473,8 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--thread", required=True, help="thread to replay into (created if new)")
     parser.add_argument(
-        "--model", help="HF model id, local folder or 'tiny' (default: STEADYCHAT_MODEL)"
+        "--model",
+        help="HF model id, local folder, 'smollm2' or 'tiny' (default: STEADYCHAT_MODEL)",
     )
 
 
@@ -376,8 +483,6 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def replay_command(args: argparse.Namespace) -> int:
     """``steadychat replay FILE --thread ID``: load a conversation to debug memory."""
-    from pathlib import Path
-
     settings = _settings_from_args(args)
     if settings is None:
         return 2
@@ -389,18 +494,17 @@ def replay_command(args: argparse.Namespace) -> int:
 
 def _state_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("thread", help="thread id")
-    parser.add_argument(
-        "--model", help="HF model id, local folder or 'tiny' (default: STEADYCHAT_MODEL)"
-    )
 
 
 @subcommand("state", help="print a thread's state as JSON", arguments=_state_arguments)
 def state_command(args: argparse.Namespace) -> int:
-    """``steadychat state ID``: slots, summaries, window and the last context account."""
+    """``steadychat state ID``: slots, summaries, window and the last context account.
+
+    It reads the checkpoint only: no model or embedder is loaded.
+    """
     settings = _settings_from_args(args)
     if settings is None:
         return 2
-    _quiet_model_loading(settings)
     from api.replay import run_state
 
     return run_state(settings, args.thread)
@@ -409,7 +513,7 @@ def state_command(args: argparse.Namespace) -> int:
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "name",
-        choices=["locomo", "long-conversation", "memory", "engine", "framework", "load"],
+        choices=["locomo", "long-conversation", "memory", "engine", "framework", "load", "planted"],
         help="which benchmark",
     )
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
@@ -424,6 +528,8 @@ def bench_command(args: argparse.Namespace) -> int:
         from bench import locomo as module
     elif args.name == "memory":
         from bench import memory_latency as module  # type: ignore[no-redef]
+    elif args.name == "planted":
+        from bench import planted_answers as module  # type: ignore[no-redef]
     elif args.name == "engine":
         from bench import engine as module  # type: ignore[no-redef]
     elif args.name == "framework":

@@ -74,7 +74,9 @@ class SharedKeyState(Protocol):
 class SharedKeys(Protocol):
     """Keys shared by every API process (``store.idempotency.PostgresIdempotencyStore``)."""
 
-    async def claim(self, slot: Slot, fingerprint: str) -> SharedKeyState:
+    async def claim(
+        self, slot: Slot, fingerprint: str, *, thread: str | None = None
+    ) -> SharedKeyState:
         """Take the key, or find its result (waiting while another process runs it)."""
         ...
 
@@ -84,6 +86,10 @@ class SharedKeys(Protocol):
 
     async def release(self, slot: Slot) -> None:
         """Forget a claimed key whose request failed."""
+        ...
+
+    async def forget_thread(self, owner: str, thread_id: str) -> None:
+        """Drop every key of the owner's thread."""
         ...
 
 
@@ -136,6 +142,7 @@ def fingerprint(payload: Any) -> str:
 class _Entry:
     fingerprint: str
     expires_at: float
+    thread: str | None = None
     done: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -208,12 +215,27 @@ class IdempotencyCache:
             oldest = next(iter(self._entries))
             self._drop(oldest)
 
+    async def forget_thread(self, *, owner: str, thread_id: str) -> None:
+        """Forget every remembered result of a thread (it was deleted or reset).
+
+        A result holds the thread's text (the reply), so it must not outlive the thread: the
+        keys go here and, on PostgreSQL, from the shared table. A retry of such a key after
+        the deletion runs again.
+        """
+        for slot, entry in list(self._entries.items()):
+            if slot[0] == owner and entry.thread == thread_id:
+                self._drop(slot)
+        if self.shared is not None:
+            await self.shared.forget_thread(owner, thread_id)
+
     def _drop(self, slot: tuple[str, str, str]) -> None:
         entry = self._entries.pop(slot, None)
         if entry is not None and not entry.done.done():
             entry.done.cancel()
 
-    async def claim(self, *, owner: str, scope: str, key: str, body_hash: str) -> Claim:
+    async def claim(
+        self, *, owner: str, scope: str, key: str, body_hash: str, thread: str | None = None
+    ) -> Claim:
         """Present a key: replay a remembered result, wait for one in flight, or run.
 
         Args:
@@ -221,6 +243,7 @@ class IdempotencyCache:
             scope: The route the key belongs to ("POST /threads/{id}/messages").
             key: The client's Idempotency-Key.
             body_hash: ``fingerprint`` of the request body.
+            thread: The thread the request runs a turn of (its deletion forgets the key).
 
         Returns:
             A Claim.
@@ -233,11 +256,11 @@ class IdempotencyCache:
             self._evict()
             entry = self._entries.get(slot)
             if entry is None:
-                self._entries[slot] = _Entry(body_hash, self._clock() + self.ttl_s)
+                self._entries[slot] = _Entry(body_hash, self._clock() + self.ttl_s, thread)
                 self._evict()
                 if self.shared is None:
                     return Claim(self, slot)
-                return await self._claim_shared(slot, body_hash)
+                return await self._claim_shared(slot, body_hash, thread)
             if entry.fingerprint != body_hash:
                 raise _reused()
             self._entries.move_to_end(slot)
@@ -252,11 +275,11 @@ class IdempotencyCache:
                 raise
             return Claim(None, None, replayed=True, result=result)
 
-    async def _claim_shared(self, slot: Slot, body_hash: str) -> Claim:
+    async def _claim_shared(self, slot: Slot, body_hash: str, thread: str | None) -> Claim:
         """This process runs the key unless another process has (or is running) it."""
         assert self.shared is not None
         try:
-            state = await self.shared.claim(slot, body_hash)
+            state = await self.shared.claim(slot, body_hash, thread=thread)
             if state.status == "mismatch":
                 raise _reused()
             result = decode_result(state.result) if state.status == "done" else None
@@ -338,7 +361,11 @@ async def claim_for_request(request: Request, *, owner: str, payload: Any) -> Cl
     cache: IdempotencyCache = request.app.state.idempotency
     route = request.scope.get("route")
     scope = f"{request.method} {getattr(route, 'path', request.url.path)}:{request.url.path}"
-    return await cache.claim(owner=owner, scope=scope, key=key, body_hash=fingerprint(payload))
+    # The thread the result belongs to, so that deleting the thread forgets the result.
+    thread = request.path_params.get("thread_id") or request.headers.get("x-thread-id")
+    return await cache.claim(
+        owner=owner, scope=scope, key=key, body_hash=fingerprint(payload), thread=thread
+    )
 
 
 async def run_once(

@@ -15,11 +15,13 @@ from api.errors import ApiError
 from api.openai_schemas import SteadychatExtension
 from api.schemas import Usage
 from api.turn import Pieces, close_stream, turn_pieces
+from graph.decoding import LogprobEntry, LogprobRecorder
 from graph.errors import ServiceError, ThreadNotFoundError
 from graph.service import ChatService
 from graph.views import TurnResult
 from nodes.context import Context
 from nodes.text import message_text
+from nodes.tool_calls import ParsedCall, ToolCallStream, parse_tool_calls
 
 __all__ = [
     "Completion",
@@ -41,10 +43,12 @@ class Outcome:
     """One finished completion, stateless or a turn of a thread."""
 
     reply: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     usage: Usage
     extension: SteadychatExtension | None = None
     """What a turn of a thread adds (``steadychat`` in the response)."""
+    tool_calls: list[ParsedCall] = dataclasses.field(default_factory=list)
+    logprobs: list[LogprobEntry] | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -57,17 +61,33 @@ class StatelessCompletion:
     """Keyword arguments for the model: profile, sampling overrides, max_new_tokens."""
     max_tokens: int | None
     json_mode: bool
+    """json_object without constrained decoding: the reply is checked and retried once."""
+    check_json: bool = False
+    """The reply was constrained to JSON: refuse one that did not close."""
+    parse_tools: bool = False
+    """The reply may hold tool calls."""
+    raw: bool = False
+    """Skip post-processing (a grammar's output, tokens whose logprobs are returned)."""
+    recorder: LogprobRecorder | None = None
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
     """Stops a generation running in a worker thread when its client leaves."""
 
     async def pieces(self) -> Pieces[Outcome]:
         """Stream the completion: text pieces as the model produces them, then the outcome."""
-        stream = self.service.stream_complete(self.messages, **self.generation)
+        stream = self.service.stream_complete(
+            self.messages, postprocess=not self.raw, **self.generation
+        )
         usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
         finish_reason: Literal["stop", "length"] = "stop"
+        calls = ToolCallStream() if self.parse_tools else None
+        parts: list[str] = []
         try:
             async for chunk in stream:
-                if text := message_text(chunk):
+                text = message_text(chunk)
+                parts.append(text)
+                if calls is not None:
+                    text = calls.feed(text)
+                if text:
                     yield text
                 if chunk.usage_metadata:
                     usage = _usage_of(chunk)
@@ -75,12 +95,34 @@ class StatelessCompletion:
                     finish_reason = _finish_reason(reason)
         finally:
             await close_stream(stream)
-        yield Outcome(reply="", finish_reason=finish_reason, usage=usage)
+        found: list[ParsedCall] = []
+        if calls is not None:
+            rest, found = calls.finish()
+            if rest:
+                yield rest
+        if self.check_json:
+            _check_json("".join(parts), finish_reason)
+        yield Outcome(
+            reply="",
+            finish_reason="tool_calls" if found else finish_reason,
+            usage=usage,
+            tool_calls=found,
+        )
 
     async def complete(self) -> Outcome:
         """Run the completion to its end; a json_object reply is checked and retried once."""
         messages = _with_json_instruction(self.messages) if self.json_mode else self.messages
         first = await self._complete(messages)
+        if self.check_json:
+            _check_json(first.reply, first.finish_reason)
+        if self.parse_tools:
+            content, found = parse_tool_calls(first.reply)
+            if found:
+                first = dataclasses.replace(
+                    first, reply=content, tool_calls=found, finish_reason="tool_calls"
+                )
+        if self.recorder is not None:
+            first = dataclasses.replace(first, logprobs=self.recorder.all())
         if not self.json_mode:
             return first
         if (parsed := _json_object(first.reply)) is not None:
@@ -93,7 +135,9 @@ class StatelessCompletion:
         return dataclasses.replace(second, reply=parsed, usage=_add(first.usage, second.usage))
 
     async def _complete(self, messages: list[BaseMessage]) -> Outcome:
-        reply = await self.service.complete(messages, **self.generation, cancel_event=self.cancel)
+        reply = await self.service.complete(
+            messages, postprocess=not self.raw, **self.generation, cancel_event=self.cancel
+        )
         return Outcome(
             reply=message_text(reply),
             finish_reason=_finish_reason(reply.response_metadata.get("finish_reason")),
@@ -113,6 +157,8 @@ class TurnCompletion:
     wait: bool
     """Queue behind a running turn of the thread (busy policy ``wait``) instead of a 409."""
     json_mode: bool
+    check_json: bool = False
+    """The reply was constrained to JSON: refuse one that did not close."""
     cancel: None = None
     """Cancelling a turn's task stops it: closing its event stream rolls it back."""
 
@@ -130,8 +176,11 @@ class TurnCompletion:
     async def complete(self) -> Outcome:
         """Run the turn to its end; a json_object reply is checked and retried once."""
         await self._ensure_thread()
-        text = f"{self.text}\n\n{JSON_INSTRUCTION}" if self.json_mode else self.text
+        asks_json = self.json_mode or self.check_json
+        text = f"{self.text}\n\n{JSON_INSTRUCTION}" if asks_json else self.text
         first = await self._run(text)
+        if self.check_json:
+            _check_json(first.reply, first.finish_reason)
         if not self.json_mode:
             return first
         if (parsed := _json_object(first.reply)) is not None:
@@ -168,7 +217,11 @@ Completion = StatelessCompletion | TurnCompletion
 
 
 async def check_context_length(
-    service: ChatService, messages: list[BaseMessage], limit: int | None
+    service: ChatService,
+    messages: list[BaseMessage],
+    limit: int | None,
+    *,
+    tools: list[dict[str, Any]] | None = None,
 ) -> None:
     """Refuse a stateless prompt that cannot fit the model's context window.
 
@@ -179,6 +232,7 @@ async def check_context_length(
         service: The service whose model and default context set the window.
         messages: The prompt.
         limit: The reply limit the request asks for.
+        tools: Tools the chat template renders into the prompt.
 
     Raises:
         ApiError: 400 ``context_length_exceeded``.
@@ -190,7 +244,10 @@ async def check_context_length(
     own = getattr(model, "context_window", None)
     if isinstance(own, int):
         window = min(window, own)
-    prompt = await asyncio.to_thread(model.get_num_tokens_from_messages, messages)
+    if tools:
+        prompt = await asyncio.to_thread(model.get_num_tokens_from_messages, messages, tools)
+    else:
+        prompt = await asyncio.to_thread(model.get_num_tokens_from_messages, messages)
     requested = prompt + (limit or 0)
     if prompt >= window or requested > window:
         raise ApiError(
@@ -268,6 +325,22 @@ def _json_object(text: str) -> str | None:
     except ValueError:
         return None
     return candidate if isinstance(value, dict) else None
+
+
+def _check_json(text: str, finish_reason: str) -> None:
+    """Refuse a constrained reply that did not close (the budget or a stop sequence cut it)."""
+    try:
+        json.loads(text)
+    except ValueError:
+        param = "max_tokens" if finish_reason == "length" else "stop"
+        raise ApiError(
+            400,
+            f"The reply ended (finish_reason '{finish_reason}') before its JSON was complete; "
+            f"raise max_tokens or remove the stop sequence.",
+            param=param,
+            code="json_incomplete",
+            headers={"x-should-retry": "false"},
+        ) from None
 
 
 def _invalid_json_error() -> ApiError:

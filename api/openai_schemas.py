@@ -28,14 +28,71 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCallIn(BaseModel):
+    """The function an earlier assistant message called, and its arguments as a JSON text."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    arguments: str
+
+
+class ToolCallIn(BaseModel):
+    """A tool call of an earlier assistant message."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     """A message of the conversation as OpenAI clients send it (``developer`` means system)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | Annotated[list[ContentPart], Field(min_length=1)]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | Annotated[list[ContentPart], Field(min_length=1)] | None = None
+    """May be null only on an assistant message that carries ``tool_calls``."""
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    """An assistant message's calls."""
+    tool_call_id: str | None = None
+    """Which call a ``tool`` message answers."""
+
+
+class FunctionDefinition(BaseModel):
+    """A function the model may call: its name, description and JSON schema of arguments."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    """One tool of the request (only ``function`` tools exist)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    """The function a named ``tool_choice`` forces."""
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``{"type": "function", "function": {"name": ...}}``: this function must be called."""
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(BaseModel):
@@ -47,22 +104,41 @@ class StreamOptions(BaseModel):
     """Send a last chunk with ``usage`` and ``choices: []`` before ``[DONE]``."""
 
 
+class JsonSchemaFormat(BaseModel):
+    """The schema a ``json_schema`` reply follows."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(BaseModel):
-    """``text`` (default) or ``json_object`` (the reply must parse as one JSON object)."""
+    """``text`` (default), ``json_object`` (one JSON object) or ``json_schema`` (matching it)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    type: Literal["text", "json_object"] = "text"
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+
+HARMLESS_FIELDS = frozenset(
+    {"metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"}
+)
+"""Request fields OpenAI clients send that change nothing a local model does; any other field
+that is not in :class:`ChatCompletionRequest` is answered with a 400 naming it."""
 
 
 class ChatCompletionRequest(BaseModel):
-    """Body of POST /v1/chat/completions. Fields OpenAI clients send that are not served here
-    (tools, logit_bias, penalties, ...) are ignored."""
+    """Body of POST /v1/chat/completions. Every field is served or refused with a 400 that
+    names it; only :data:`HARMLESS_FIELDS` are accepted and ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    """Echoed back; one model is loaded, so any name is accepted."""
+    """The served model id or the alias ``steadychat``; another name is 404."""
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
     max_tokens: Annotated[int, Field(gt=0)] | None = None
     max_completion_tokens: Annotated[int, Field(gt=0)] | None = None
@@ -75,6 +151,16 @@ class ChatCompletionRequest(BaseModel):
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     """Only 1 is served."""
     response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    """A forced call (``required`` or named) is one call; ``auto`` parses every call."""
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    """Token id (as a string) to a bias added to its logit."""
     user: Annotated[str, Field(max_length=256)] | None = None
     """Becomes the user id memory is kept under (stateful calls)."""
     stream: bool | None = False
@@ -91,11 +177,54 @@ class SteadychatExtension(BaseModel):
     context_account: dict[str, Any]
 
 
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class FunctionCall(BaseModel):
+    """A called function: its name and its arguments as a JSON text."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """A tool call of the reply."""
+
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class TopLogprob(BaseModel):
+    """One of the most likely tokens at a position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(BaseModel):
+    """A generated token, its log probability and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """The logprobs of a choice's content tokens."""
+
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
 class AssistantMessage(BaseModel):
     """The reply message of a non-streamed completion."""
 
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
@@ -103,8 +232,8 @@ class Choice(BaseModel):
 
     index: int
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    finish_reason: FinishReason
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -125,6 +254,16 @@ class ChunkDelta(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class ToolCallDelta(BaseModel):
+    """A tool call in a chunk: whole, with its position among the reply's calls."""
+
+    index: int
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
 
 
 class ChunkChoice(BaseModel):
@@ -132,8 +271,8 @@ class ChunkChoice(BaseModel):
 
     index: int
     delta: ChunkDelta
-    finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    finish_reason: FinishReason | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -10,12 +10,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatResult
 
 from graph.compose import open_service
 from graph.errors import ServiceError, ThreadNotFoundError
 from graph.service import ChatService
 from graph.settings import Settings
+from nodes.memory import MemoryStore
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,29 +79,42 @@ async def replay(
     owner: str = "anonymous",
     progress: TextIO | None = None,
 ) -> int:
-    """Run ``steps`` on ``thread_id`` (created when missing); returns the last turn number."""
+    """Run ``steps`` on ``thread_id`` (created when missing); returns the last turn number.
+
+    With ``progress``, a tqdm bar there shows the turns done, the prompt size and whether the
+    window was compacted.
+    """
+    from tqdm.auto import tqdm
+
     await service.ensure_thread(thread_id, owner=owner)
     turn = 0
-    for i, step in enumerate(steps, 1):
-        ctx = service.context(
-            recorded_reply=step.recorded_reply,
-            recorded_reply_timestamp=(
-                step.recorded_timestamp.isoformat() if step.recorded_timestamp else None
-            ),
-        )
-        result = await service.run_turn(
-            thread_id, step.text, owner=owner, context=ctx, timestamp=step.timestamp
-        )
-        turn = result.turn
-        if progress is not None:
+    bar = tqdm(
+        total=len(steps),
+        desc=f"replaying into {thread_id}",
+        unit="turn",
+        file=progress,
+        disable=progress is None,
+    )
+    try:
+        for step in steps:
+            ctx = service.context(
+                recorded_reply=step.recorded_reply,
+                recorded_reply_timestamp=(
+                    step.recorded_timestamp.isoformat() if step.recorded_timestamp else None
+                ),
+            )
+            result = await service.run_turn(
+                thread_id, step.text, owner=owner, context=ctx, timestamp=step.timestamp
+            )
+            turn = result.turn
             account = result.context_account
-            progress.write(
-                f"\r[{i}/{len(steps)}] turn {turn}: prompt {account.get('total', 0)} tokens, "
+            bar.set_postfix_str(
+                f"turn {turn}: prompt {account.get('total', 0)} tokens, "
                 f"{'compacted' if (account.get('compaction') or {}).get('ran') else 'window'}"
             )
-            progress.flush()
-    if progress is not None:
-        progress.write("\n")
+            bar.update()
+    finally:
+        bar.close()
     return turn
 
 
@@ -143,11 +161,35 @@ def run_replay(settings: Settings, path: Path, thread_id: str, *, out: TextIO = 
     return asyncio.run(main())
 
 
+class _NoModel(BaseChatModel):
+    """Stands in for the chat model where a command only reads checkpoints."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "none"
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        raise RuntimeError("this command reads checkpoints only; no model is loaded")
+
+
+class _NoMemory:
+    """Stands in for vector memory where a command only reads checkpoints."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("this command reads checkpoints only; no vector memory is open")
+
+
 def run_state(settings: Settings, thread_id: str) -> int:
-    """CLI body of `steadychat state`; prints the thread's state as JSON."""
+    """CLI body of `steadychat state`; prints the thread's state as JSON.
+
+    Only the checkpointer and the thread registry are opened: no model, embedder or Chroma.
+    """
 
     async def main() -> int:
-        async with open_service(settings) as service:
+        reader = open_service(
+            settings, chat_model=_NoModel(), memory=cast(MemoryStore, _NoMemory())
+        )
+        async with reader as service:
             try:
                 data = await thread_state(service, thread_id)
             except ThreadNotFoundError:

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.progress import bar, line_callback, new_figure, save_figure
 from nodes.memory import Embedder, MemoryRecord
 from store.embeddings import load_embedder
 from store.lexical import BM25Scorer, TokenizedDoc
@@ -27,6 +27,7 @@ __all__ = [
     "Conversation",
     "Question",
     "Turn",
+    "context_options",
     "evaluate",
     "fill_budget",
     "load_conversations",
@@ -36,13 +37,25 @@ __all__ = [
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 
 
-def _default_data() -> Path:
-    # ../shared beside the checkout; a worktree may sit one folder deeper.
-    for parent in Path(__file__).resolve().parents[1:4]:
-        folder = parent / "shared" / "benchmarks" / "locomo"
-        if folder.is_dir():
-            return folder
-    return Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "locomo"
+DATA_HINT = (
+    "pass a folder of LoCoMo-format conv-*.json files: steadychat bench locomo --data DIR "
+    "(or set STEADYCHAT_LOCOMO_DIR)"
+)
+
+
+def _default_data() -> Path | None:
+    """``shared/benchmarks/locomo`` beside the clone (or one folder up, for a worktree).
+
+    Looked for from the package's own folder (an editable install from a clone) and from the
+    working directory (a clone's root, whatever the install).
+    """
+    starts = [Path(__file__).resolve().parents[1], Path.cwd().resolve()]
+    for start in starts:
+        for parent in [start, *start.parents][:3]:
+            folder = parent / "shared" / "benchmarks" / "locomo"
+            if folder.is_dir():
+                return folder
+    return None
 
 
 DEFAULT_DATA = _default_data()
@@ -105,7 +118,7 @@ def load_conversations(folder: Path) -> list[Conversation]:
     """
     files = sorted(folder.glob("conv-*.json"))
     if not files:
-        raise FileNotFoundError(f"no conv-*.json in {folder} (set --data)")
+        raise FileNotFoundError(f"no conv-*.json in {folder}; {DATA_HINT}")
     conversations = []
     for path in files:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -561,15 +574,8 @@ def write_plot(path: Path, groups: dict[str, dict[str, Any]]) -> None:
         path: Where the PNG goes.
         groups: ``{group name: product_rates(...)}`` (all, tuned-on, checked-on).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = ["all", *CATEGORIES.values()]
-    figure, axes = plt.subplots(
-        len(groups), 2, figsize=(11, 3.4 * len(groups)), squeeze=False, constrained_layout=True
-    )
+    figure, axes = new_figure(len(groups), 2)
     x = np.arange(len(keys))
     for row, (group, rates) in enumerate(groups.items()):
         for col, (metric, goal) in enumerate(
@@ -586,8 +592,21 @@ def write_plot(path: Path, groups: dict[str, dict[str, Any]]) -> None:
             ax.set_title(f"{group}: {metric} in the assembled prompt")
             if row == 0 and col == 0:
                 ax.legend(loc="lower right", fontsize=8)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
+
+
+def write_store_plot(path: Path, store: dict[str, Any], budgets: Sequence[int]) -> None:
+    """Evidence and answer against the context budget, per strategy (store level), as a PNG."""
+    figure, axes = new_figure(1, 2, width=11, height=3.8)
+    for ax, metric in zip(axes[0], ("evidence", "answer"), strict=True):
+        for strategy, per_category in store.items():
+            rates = per_category["all"][metric]
+            ax.plot(budgets, [rates[str(b)] for b in budgets], marker="o", label=strategy)
+        ax.set_xlabel("context budget B (len/4 tokens)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"store level: {metric} within B tokens, all questions")
+    axes[0][0].legend(fontsize=8)
+    save_figure(figure, path)
 
 
 def _groups(conversations: Sequence[Conversation], tuned_on: Sequence[str]) -> dict[str, list[str]]:
@@ -608,6 +627,37 @@ def _load_counter(model: str) -> Any:
     return load_chat_model(Settings(model=model))
 
 
+def context_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs as typed ``Context`` overrides (the field's default gives the type).
+
+    Raises:
+        ValueError: Not ``FIELD=VALUE``, an unknown field, or a value of the wrong type.
+    """
+    import dataclasses
+
+    from nodes.context import Context
+
+    defaults = {f.name: getattr(Context(), f.name) for f in dataclasses.fields(Context)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or name not in defaults:
+            raise ValueError(f"--context wants FIELD=VALUE with a Context field, got {pair!r}")
+        default = defaults[name]
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"--context {name} wants true or false, got {raw!r}")
+            out[name] = raw.lower() in ("true", "1")
+        elif isinstance(default, int | float):
+            try:
+                out[name] = type(default)(raw)
+            except ValueError:
+                raise ValueError(f"--context {name} wants a number, got {raw!r}") from None
+        else:
+            raise ValueError(f"--context {name} cannot be set from the command line")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m bench.locomo [--data DIR] [--json FILE] ...``.
 
@@ -621,8 +671,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--data",
         type=Path,
-        default=Path(os.environ.get("STEADYCHAT_LOCOMO_DIR", DEFAULT_DATA)),
-        help="folder of LoCoMo-format conv-*.json files (default: ../shared/benchmarks/locomo)",
+        default=None,
+        help="folder of LoCoMo-format conv-*.json files (default: STEADYCHAT_LOCOMO_DIR, "
+        "else shared/benchmarks/locomo beside the clone)",
     )
     parser.add_argument("--conversations", type=int, default=None, help="only the first N")
     parser.add_argument(
@@ -657,13 +708,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--neighbours", type=int, default=1, help="store level: records following each hit"
     )
     parser.add_argument(
+        "--context",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="product path: per-run Context fields to override (e.g. memory_diversity=0.3)",
+    )
+    parser.add_argument(
         "--json", type=Path, default=None, help="write the rates here (and a PNG beside it)"
     )
     args = parser.parse_args(argv)
+    try:
+        context_opts = context_options(args.context)
+    except ValueError as exc:
+        parser.error(str(exc))
     if any(b <= 0 for b in args.budgets):
         parser.error("budgets must be positive")
     if args.neighbours < 0:
         parser.error("--neighbours must be >= 0")
+    if args.data is None:
+        env = os.environ.get("STEADYCHAT_LOCOMO_DIR")
+        args.data = Path(env) if env else DEFAULT_DATA
+    if args.data is None:
+        parser.error(f"no LoCoMo data found beside this clone; {DATA_HINT}")
     try:
         conversations = load_conversations(args.data)
     except FileNotFoundError as exc:
@@ -674,7 +741,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not conversations:
         parser.error("no conversation left to run")
     embedder = load_embedder(args.embedder)
-    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     started = time.perf_counter()
     data: dict[str, Any] = {
         "version": 2,
@@ -683,6 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "embedder": args.embedder,
             "model": args.model,
             "tuned_on": list(args.tuned_on),
+            "context": context_opts,
             "budgets": list(args.budgets),
             "store": {
                 "ranking": args.ranking,
@@ -699,6 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from graph.settings import Settings
 
         settings = Settings()
+        progress = bar(len(conversations), "LoCoMo product path", unit="conversation")
         forked, in_a_row = asyncio.run(
             run_product_path(
                 conversations,
@@ -707,10 +775,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 memory=ChromaMemory.ephemeral(embedder),
                 context_window=settings.context_window,
                 service_options={},
+                context_options=context_opts,
                 sequential=not args.no_in_a_row,
-                progress=say,
+                progress=line_callback(progress),
             )
         )
+        progress.close()
         groups: dict[str, Any] = {}
         for name, ids in _groups(conversations, args.tuned_on).items():
             rows = [r for r in forked if r.conv_id in ids]
@@ -737,6 +807,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("### goals (checked-on conversations only)\n")
             print(goals_table(data["goals_checked_on"]) + "\n")
     if "store" in args.arms:
+        progress = bar(len(conversations), "LoCoMo store level", unit="conversation")
         outcomes = evaluate(
             conversations,
             embedder,
@@ -745,8 +816,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 e, ranking=args.ranking, dense_weight=args.dense_weight
             ),
             neighbours=args.neighbours,
-            progress=say,
+            progress=line_callback(progress),
         )
+        progress.close()
         print(
             f"## store level (ranking={args.ranking}, dense_weight={args.dense_weight}, "
             f"neighbours={args.neighbours}; len/4 tokens)\n"
@@ -756,8 +828,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        png = args.json.with_suffix(".png")
         if "groups" in data:
-            write_plot(args.json.with_suffix(".png"), {k: v for k, v in data["groups"].items()})
+            write_plot(png, {k: v for k, v in data["groups"].items()})
+        if "store" in data:
+            store_png = png.with_name(png.stem + "-store.png") if "groups" in data else png
+            write_store_plot(store_png, data["store"], args.budgets)
     return 0
 
 

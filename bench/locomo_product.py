@@ -429,6 +429,7 @@ async def run_product_path(
     memory: MemoryStore,
     context_window: int,
     service_options: dict[str, Any],
+    context_options: dict[str, Any] | None = None,
     sequential: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[QuestionResult], list[QuestionResult]]:
@@ -442,6 +443,8 @@ async def run_product_path(
         context_window: Tokens per call, as the product's settings give them.
         service_options: ``Settings`` fields for the service (the product's defaults unless
             given).
+        context_options: ``Context`` fields that override the service's per-run defaults
+            (a retrieval lever under measurement, e.g. ``{"memory_diversity": 0.3}``).
         sequential: Also run the questions in a row (the pollution measurement).
         progress: Called with a line per conversation.
 
@@ -460,7 +463,9 @@ async def run_product_path(
     in_a_row: list[QuestionResult] = []
     async with open_service(settings, chat_model=recorder, memory=gate) as service:
         # A fake model writes no summary worth keeping: the extractive summaries stand in.
-        service.defaults = replace(service.defaults, model_summaries=False)
+        service.defaults = replace(
+            service.defaults, model_summaries=False, **(context_options or {})
+        )
         for conv in conversations:
             started = time.perf_counter()
             texts = [t.context_text for t in conv.turns]

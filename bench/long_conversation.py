@@ -3,19 +3,22 @@
 Both run the same scripted conversation with the same fake model (one token per word), side by
 side in one process, each with a SQLite checkpointer in a temp folder. Prints prompt tokens,
 messages kept in state, framework time per turn (median) and the checkpoint database size at
-turns 10, 50, 200 (by default), and the ratios ours / naive.
+turns 10, 25, 50, 100, 150, 200 (those within ``--turns``, and the last), and the ratios
+ours / naive. ``--json FILE`` writes the figures and ``FILE`` with ``.png`` their plot.
 
-    python -m bench.long_conversation [--turns 200]
+    steadychat bench long-conversation [--turns 200] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
@@ -23,12 +26,14 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import START, MessagesState, StateGraph
 
 from bench.conversation import scripted_reply, scripted_user_turns
+from bench.fakes import ScriptedChatModel
+from bench.progress import bar, new_figure, save_figure
 from graph.compose import open_service
 from graph.settings import Settings
 from nodes.text import message_text
-from tests.fakes import ScriptedChatModel
 
-MARKS = (10, 50, 200)
+MARKS = (10, 25, 50, 100, 150, 200)
+METRICS = ("prompt_tokens", "messages", "ms_per_turn", "db_kb")
 
 
 def _db_bytes(db: Path) -> int:
@@ -40,6 +45,15 @@ def _db_bytes(db: Path) -> int:
 def _responder(messages: list[BaseMessage]) -> str:
     user = next(m for m in reversed(messages) if isinstance(m, HumanMessage))
     return scripted_reply(message_text(user), len(messages))
+
+
+def bar_over(turns: list[str], desc: str) -> Any:
+    """``turns`` with a progress bar (one step per turn)."""
+    progress = bar(len(turns), desc, unit="turn")
+    for text in turns:
+        yield text
+        progress.update()
+    progress.close()
 
 
 async def run_naive(turns: list[str], folder: Path) -> dict[int, dict[str, float]]:
@@ -58,7 +72,7 @@ async def run_naive(turns: list[str], folder: Path) -> dict[int, dict[str, float
     async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:
         graph = builder.compile(checkpointer=saver)
         config: RunnableConfig = {"configurable": {"thread_id": "t"}}
-        for i, text in enumerate(turns, 1):
+        for i, text in enumerate(bar_over(turns, "naive LangGraph chatbot"), 1):
             start = time.perf_counter()
             state = await graph.ainvoke({"messages": [HumanMessage(content=text)]}, config)
             times.append(time.perf_counter() - start)
@@ -87,7 +101,7 @@ async def run_steadychat(turns: list[str], folder: Path) -> dict[int, dict[str, 
     times: list[float] = []
     async with open_service(settings, chat_model=model) as service:
         await service.create_thread(thread_id="t")
-        for i, text in enumerate(turns, 1):
+        for i, text in enumerate(bar_over(turns, "steadychat turn graph"), 1):
             start = time.perf_counter()
             result = await service.run_turn("t", text)
             times.append(time.perf_counter() - start)
@@ -102,17 +116,45 @@ async def run_steadychat(turns: list[str], folder: Path) -> dict[int, dict[str, 
     return out
 
 
+def write_plot(
+    path: Path, naive: dict[int, dict[str, float]], ours: dict[int, dict[str, float]]
+) -> None:
+    """Prompt tokens, checkpoint size and time per turn against the turn, both graphs, as a PNG."""
+    figure, axes = new_figure(1, 3, width=13, height=3.6)
+    marks = sorted(ours)
+    panels = (
+        ("prompt_tokens", "prompt tokens"),
+        ("db_kb", "checkpoint DB (KB)"),
+        ("ms_per_turn", "framework ms per turn (median of 10)"),
+    )
+    for ax, (metric, title) in zip(axes[0], panels, strict=True):
+        ax.plot(marks, [naive[m][metric] for m in marks], marker="o", label="naive LangGraph")
+        ax.plot(marks, [ours[m][metric] for m in marks], marker="o", label="steadychat")
+        ax.set_xlabel("turn")
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+    axes[0][0].legend(fontsize=8)
+    save_figure(figure, path, note="scripted conversation, fake model (one token per word)")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="steadychat bench long-conversation", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--turns", type=int, default=200)
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write the figures here (and a PNG beside it)"
+    )
     args = parser.parse_args(argv)
+    if args.turns < 1:
+        parser.error("--turns must be at least 1")
     turns = scripted_user_turns(args.turns)
     with tempfile.TemporaryDirectory() as tmp:
         naive = asyncio.run(run_naive(turns, Path(tmp)))
         ours = asyncio.run(run_steadychat(turns, Path(tmp)))
     print(f"{'turn':>5} {'metric':<14} {'naive':>10} {'steadychat':>11} {'ratio':>7}")
     for mark in sorted(ours):
-        for metric in ("prompt_tokens", "messages", "ms_per_turn", "db_kb"):
+        for metric in METRICS:
             a, b = naive[mark][metric], ours[mark][metric]
             ratio = b / a if a else float("nan")
             print(f"{mark:>5} {metric:<14} {a:>10.1f} {b:>11.1f} {ratio:>7.2f}")
@@ -120,6 +162,17 @@ def main(argv: list[str] | None = None) -> None:
     print(
         "extraction, hybrid retrieval, compaction and memory writes, the naive one only the model."
     )
+    if args.json:
+        data = {
+            "version": 1,
+            "turns": args.turns,
+            "marks": {
+                str(mark): {"naive": naive[mark], "steadychat": ours[mark]} for mark in sorted(ours)
+            },
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        write_plot(args.json.with_suffix(".png"), naive, ours)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from langchain_core.messages import (
     ChatMessage,
     HumanMessage,
     SystemMessage,
+    ToolMessage,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
@@ -58,6 +59,10 @@ _CALL_KWARGS = frozenset(
         "cancel_event",
         "model",
         "stream_usage",
+        # Rendered by the chat template, and generate()'s own (graph/decoding.py builds them).
+        "tools",
+        "logits_processor",
+        "stopping_criteria",
     }
 )
 _ROLES = {
@@ -117,6 +122,9 @@ class _CallParams:
     profile: str
     serial_reason: str | None = None
     """Why this call must take the serialised ``generate`` path (None: the engine may run it)."""
+    tools: list[dict[str, Any]] | None = None
+    decoding: dict[str, list[Any]] | None = None
+    """A request's logits processors and stopping criteria (graph/decoding.py)."""
 
 
 @dataclass(kw_only=True)
@@ -322,29 +330,44 @@ class QwenChatModel(ChatHuggingFace):
         return self.llm.pipeline
 
     # ----------------------------------------------------------------- prompts and tokens
-    def _to_chatml_format(self, message: BaseMessage) -> dict[str, str]:
+    def _to_chatml_format(self, message: BaseMessage) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
         if isinstance(message, SystemMessage):
             role = "system"
         elif isinstance(message, HumanMessage):
             role = "user"
         elif isinstance(message, AIMessage):
-            if message.tool_calls or message.invalid_tool_calls:
-                raise ValueError("QwenChatModel does not support tool calls in messages")
+            if message.invalid_tool_calls:
+                raise ValueError("QwenChatModel cannot render invalid tool calls")
             role = "assistant"
+            if message.tool_calls:  # as transformers' chat templates take them
+                extra["tool_calls"] = [
+                    {
+                        "id": c["id"],
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": c["args"]},
+                    }
+                    for c in message.tool_calls
+                ]
+        elif isinstance(message, ToolMessage):
+            role, extra = "tool", {"tool_call_id": message.tool_call_id}
         elif isinstance(message, ChatMessage) and message.role in _ROLES:
             role = _ROLES[message.role]
         else:
             raise ValueError(
-                f"QwenChatModel accepts system, human and ai messages only, not {message.type!r} "
-                "(tool and function messages are not supported by the local pipeline)"
+                f"QwenChatModel accepts system, human, ai and tool messages, not {message.type!r}"
             )
         return {
             "role": role,
             "content": _SURROGATES.sub("\ufffd", message_text(message, strict=True)),
+            **extra,
         }
 
     def _to_chat_prompt(
-        self, messages: list[BaseMessage], enable_thinking: bool | None = None
+        self,
+        messages: list[BaseMessage],
+        enable_thinking: bool | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
         """Render messages with the tokenizer's own chat template plus the generation prompt."""
         if not messages:
@@ -354,6 +377,8 @@ class QwenChatModel(ChatHuggingFace):
         thinking = self.enable_thinking if enable_thinking is None else enable_thinking
         if thinking is not None and self._template_takes_thinking:
             extra["enable_thinking"] = thinking
+        if tools:
+            extra["tools"] = tools
         from jinja2 import TemplateError
 
         try:
@@ -386,14 +411,12 @@ class QwenChatModel(ChatHuggingFace):
 
         Args:
             messages: The conversation as it would be sent.
-            tools: Not supported; must be empty.
+            tools: Tools rendered into the prompt (OpenAI's function tool dicts).
 
         Returns:
             Exactly the number of prompt tokens a call with these messages uses.
         """
-        if tools:
-            raise ValueError("QwenChatModel does not support tools")
-        return self.get_num_tokens(self._to_chat_prompt(messages))
+        return self.get_num_tokens(self._to_chat_prompt(messages, tools=list(tools or []) or None))
 
     def _decode(self, ids: list[int]) -> str:
         with self._tokenizer_lock:
@@ -446,6 +469,9 @@ class QwenChatModel(ChatHuggingFace):
         cancel_event = kwargs.get("cancel_event")
         if cancel_event is not None and not isinstance(cancel_event, threading.Event):
             raise ValueError("cancel_event must be a threading.Event")
+        decoding = {k: list(kwargs.get(k) or []) for k in ("logits_processor", "stopping_criteria")}
+        # Grammars, penalties and logprobs run as generate()'s processors: the serialised path.
+        decoding_reason = "logits processors" if any(decoding.values()) else None
         serial_reason = None
         if seed is not None:
             # The engine samples every request from one generator: a seed of its own needs
@@ -467,7 +493,9 @@ class QwenChatModel(ChatHuggingFace):
             enable_thinking=kwargs.get("enable_thinking"),
             cancel_event=cancel_event,
             profile=profile,
-            serial_reason=serial_reason,
+            serial_reason=serial_reason or decoding_reason,
+            tools=kwargs.get("tools"),
+            decoding=decoding,
         )
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -670,7 +698,7 @@ class QwenChatModel(ChatHuggingFace):
     ) -> _Outcome:
         """One ``generate`` at a time on the shared model."""
         import torch
-        from transformers import StoppingCriteriaList, set_seed
+        from transformers import LogitsProcessorList, StoppingCriteriaList, set_seed
 
         with self._generate_lock:
             if any(event.is_set() for event in events):
@@ -692,12 +720,17 @@ class QwenChatModel(ChatHuggingFace):
                 if params.seed is not None:
                     set_seed(params.seed)
                 input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
+                extra = params.decoding or {}
                 with torch.inference_mode():
                     output = model.generate(
                         input_ids=input_ids,
                         attention_mask=torch.ones_like(input_ids),
                         generation_config=config,
-                        stopping_criteria=StoppingCriteriaList([tracker]),
+                        # A request's own processors and criteria (graph/decoding.py) first.
+                        logits_processor=LogitsProcessorList(extra.get("logits_processor", [])),
+                        stopping_criteria=StoppingCriteriaList(
+                            [*extra.get("stopping_criteria", []), tracker]
+                        ),
                     )
             tracker.finish()
         return self._finish(
@@ -728,7 +761,7 @@ class QwenChatModel(ChatHuggingFace):
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[str, _CallParams]:
         params = self._call_params(stop, kwargs)
-        return self._to_chat_prompt(messages, params.enable_thinking), params
+        return self._to_chat_prompt(messages, params.enable_thinking, params.tools), params
 
     def _generate(
         self,

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.graph.state import CompiledStateGraph
@@ -36,7 +38,9 @@ __all__ = [
     "default_context",
     "memory_from_settings",
     "open_service",
+    "studio_data_dir",
     "studio_graph",
+    "studio_settings",
 ]
 
 
@@ -170,3 +174,21 @@ def studio_graph(
     memory = memory_from_settings(settings, load_embedder(settings.embedder))
     deps = Deps(chat_model=chat_model_from_settings(settings), memory=memory)
     return compile_graph(deps, checkpointer=None)
+
+
+def studio_data_dir() -> Path:
+    """``$XDG_CACHE_HOME/steadychat/studio`` (``~/.cache/...`` by default): outside the repo."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "steadychat" / "studio"
+
+
+def studio_settings() -> Settings:
+    """Settings for ``langgraph dev``: from the environment, runtime data outside the repo.
+
+    The dev server watches the repository and reloads on changes, so unless
+    ``STEADYCHAT_DATA_DIR`` says otherwise, Chroma and built models go to ``studio_data_dir()``.
+    """
+    settings = Settings()
+    if "STEADYCHAT_DATA_DIR" not in os.environ:
+        settings = settings.model_copy(update={"data_dir": studio_data_dir()})
+    return settings

@@ -757,11 +757,10 @@ def load_remote_chat_model(settings: Settings, **fields: Any) -> RemoteChatModel
 
     if not settings.engine_url:
         raise ValueError("engine_url is not set")
-    source: str | Path = settings.model
-    if settings.model == "tiny":
-        from graph.tiny_model import build_tiny_model
+    from graph.loading import resolve_model_source
 
-        source = build_tiny_model(settings.tiny_model_dir())
+    # Built-in names (tiny, smollm2) resolve to their built folders, as for in-process models.
+    source: str | Path = resolve_model_source(settings)
     tokenizer = AutoTokenizer.from_pretrained(source)
     try:
         config = AutoConfig.from_pretrained(source)

@@ -31,20 +31,24 @@ class ChatService(ThreadOperations, TurnRunner):
     there), or from settings by :func:`graph.compose.open_service`.
     """
 
-    async def complete(self, messages: list[BaseMessage], **generation: Any) -> AIMessage:
+    async def complete(
+        self, messages: list[BaseMessage], *, postprocess: bool = True, **generation: Any
+    ) -> AIMessage:
         """Stateless completion over the given messages (OpenAI API without a thread).
 
-        The content is post-processed exactly as ``stream_complete`` streams it.
+        The content is post-processed exactly as ``stream_complete`` streams it, unless
+        ``postprocess`` is false (a grammar's output, tokens whose logprobs are returned).
         """
         reply = await self.chat_model.ainvoke(messages, **generation)
+        text = message_text(reply)
         return AIMessage(
-            content=postprocess_reply(message_text(reply)),
+            content=postprocess_reply(text) if postprocess else text,
             usage_metadata=getattr(reply, "usage_metadata", None),
             response_metadata=reply.response_metadata,
         )
 
     async def stream_complete(
-        self, messages: list[BaseMessage], **generation: Any
+        self, messages: list[BaseMessage], *, postprocess: bool = True, **generation: Any
     ) -> AsyncIterator[AIMessageChunk]:
         """Stateless streaming completion; closing the iterator stops generation.
 
@@ -57,18 +61,18 @@ class ChatService(ThreadOperations, TurnRunner):
             AsyncGenerator[BaseMessageChunk, None],
             self.chat_model.astream(messages, cancel_event=cancel, **generation),
         )
-        post = ReplyStream()
+        post = ReplyStream() if postprocess else None
         finished = False
         try:
             async for raw in stream:
                 chunk = cast(AIMessageChunk, raw)
-                delta = post.feed(message_text(chunk))
+                delta = post.feed(message_text(chunk)) if post else message_text(chunk)
                 if chunk.chunk_position == "last":
                     # What was held back goes out with the model's closing chunk.
-                    delta += post.finish()
+                    delta += post.finish() if post else ""
                     finished = True
                 yield chunk.model_copy(update={"content": delta})
-            if not finished and (rest := post.finish()):
+            if not finished and post and (rest := post.finish()):
                 yield AIMessageChunk(content=rest)
         finally:
             cancel.set()

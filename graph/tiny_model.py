@@ -11,18 +11,55 @@ from pathlib import Path
 __all__ = ["QWEN3_STYLE_CHAT_TEMPLATE", "build_tiny_model", "is_complete_model_dir"]
 
 # Renders like Qwen3's template: ChatML turns, system anywhere, reasoning dropped from earlier
-# assistant turns, and an empty think block when thinking is switched off.
+# assistant turns, an empty think block when thinking is switched off, and tools as Qwen3 has
+# them: the function signatures in the leading system turn, an assistant's calls as
+# <tool_call>{"name": ..., "arguments": ...}</tool_call>, tool results as <tool_response> blocks
+# in a user turn.
 QWEN3_STYLE_CHAT_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages and messages[0].role == 'system' %}"
+    "{{- messages[0].content + '\\n\\n' }}"
+    "{%- endif %}"
+    "{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name "
+    "and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}'
+    "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if message.role not in ['system', 'user', 'assistant'] %}"
-    "{{- raise_exception('Unsupported role ' + message.role + ': only system, user and "
-    "assistant messages are accepted') }}"
+    "{%- if message.role not in ['system', 'user', 'assistant', 'tool'] %}"
+    "{{- raise_exception('Unsupported role ' + message.role + ': only system, user, "
+    "assistant and tool messages are accepted') }}"
     "{%- endif %}"
     "{%- set content = message.content if message.content is string else '' %}"
     "{%- if message.role == 'assistant' and '</think>' in content %}"
     "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}"
     "{%- endif %}"
+    "{%- if tools and loop.first and message.role == 'system' %}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}"
+    "{{- '<|im_start|>user' }}"
+    "{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- elif message.role == 'assistant' and message.tool_calls %}"
+    "{{- '<|im_start|>assistant\\n' + content }}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if (loop.first and content) or not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{%- set call = tool_call.function if tool_call.function else tool_call %}"
+    '{{- \'<tool_call>\\n{"name": "\' + call.name + \'", "arguments": \' }}'
+    "{%- if call.arguments is string %}{{- call.arguments }}"
+    "{%- else %}{{- call.arguments | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- else %}"
     "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}"
     "{{- '<|im_start|>assistant\\n' }}"
@@ -83,7 +120,8 @@ def build_tiny_model(path: str | Path, *, seed: int = 0) -> Path:
 
     The result loads with ``AutoModelForCausalLM``/``AutoTokenizer`` like a real checkpoint,
     so the whole transformers path runs offline. Its words are random. The same seed gives the
-    same files; a folder that already holds a complete model is reused as is.
+    same files; a folder that already holds a complete model is reused (its chat template
+    brought up to date).
 
     Args:
         path: Target folder (created; written atomically through a sibling temp folder).
@@ -94,6 +132,10 @@ def build_tiny_model(path: str | Path, *, seed: int = 0) -> Path:
     """
     target = Path(path)
     if is_complete_model_dir(target):
+        template = target / "chat_template.jinja"
+        if template.read_text(encoding="utf-8") != QWEN3_STYLE_CHAT_TEMPLATE:
+            # A folder built before the template learnt tools gets the current one.
+            template.write_text(QWEN3_STYLE_CHAT_TEMPLATE, encoding="utf-8")
         return target
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(

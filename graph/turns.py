@@ -25,7 +25,7 @@ from graph.errors import (
 )
 from graph.locks import ThreadBusy
 from graph.views import TurnEvent, TurnResult
-from nodes.context import Context
+from nodes.context import Context, with_cancel_event
 from nodes.errors import ContextOverflowError, ThreadDeletedError, TurnCancelled
 from nodes.generate_reply import REPLY_DELTA
 from nodes.state import ContextAccount
@@ -78,10 +78,11 @@ class TurnRunner(ServiceCore):
             raise ServiceError("the message is empty")
         await self._record(thread_id, owner)
         base = context or self.defaults
-        ctx = replace(base, cancel_event=threading.Event())
+        ctx = base
+        cancel_event = threading.Event()
         queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
         task = asyncio.create_task(
-            self._turn_task(thread_id, wait, text, owner, ctx, timestamp, queue)
+            self._turn_task(thread_id, wait, text, owner, ctx, cancel_event, timestamp, queue)
         )
         finished = False
         try:
@@ -93,8 +94,7 @@ class TurnRunner(ServiceCore):
                 yield event
         finally:
             if not finished:
-                assert ctx.cancel_event is not None
-                ctx.cancel_event.set()
+                cancel_event.set()
             # The task rolls back and releases the lock itself; wait so the caller knows the
             # thread is consistent when the iterator is closed.
             with contextlib.suppress(Exception):
@@ -107,11 +107,10 @@ class TurnRunner(ServiceCore):
         text: str,
         owner: str | None,
         ctx: Context,
+        cancel_event: threading.Event,
         timestamp: datetime | None,
         queue: asyncio.Queue[TurnEvent | None],
     ) -> None:
-        cancel_event = ctx.cancel_event
-        assert cancel_event is not None
         try:
             async with self._locks.hold(thread_id, wait=wait):
                 record = await self.registry.get(thread_id)
@@ -124,7 +123,9 @@ class TurnRunner(ServiceCore):
                     ctx = replace(ctx, user_id=owner)
                 self._running[thread_id] = cancel_event
                 try:
-                    result = await self._run_locked(thread_id, text, ctx, timestamp, queue)
+                    result = await self._run_locked(
+                        thread_id, text, ctx, cancel_event, timestamp, queue
+                    )
                 finally:
                     self._running.pop(thread_id, None)
                 await queue.put(TurnEvent(type="done", result=result))
@@ -146,10 +147,10 @@ class TurnRunner(ServiceCore):
         thread_id: str,
         text: str,
         ctx: Context,
+        cancel_event: threading.Event,
         timestamp: datetime | None,
         queue: asyncio.Queue[TurnEvent | None],
     ) -> TurnResult:
-        assert ctx.cancel_event is not None
         config = self._config(thread_id)
         before = await self.graph.aget_state(config)
         before_id = before.config["configurable"].get("checkpoint_id") if before.values else None
@@ -165,7 +166,7 @@ class TurnRunner(ServiceCore):
                 AsyncGenerator[Any, None],
                 self.graph.astream(
                     {"messages": [user]},
-                    config,
+                    with_cancel_event(config, cancel_event),
                     context=ctx,
                     stream_mode="custom",
                     durability="exit",
@@ -173,13 +174,13 @@ class TurnRunner(ServiceCore):
             )
             async with contextlib.aclosing(events) as stream:
                 async for item in stream:
-                    if ctx.cancel_event.is_set():
+                    if cancel_event.is_set():
                         raise TurnCancelledError("the turn was cancelled")
                     # generate_reply writes the post-processed reply piece by piece: what is
                     # streamed is exactly what the turn saves.
                     if isinstance(item, dict) and item.get(REPLY_DELTA):
                         await queue.put(TurnEvent(type="token", text=str(item[REPLY_DELTA])))
-            if ctx.cancel_event.is_set():
+            if cancel_event.is_set():
                 raise TurnCancelledError("the turn was cancelled")
         except BaseException as exc:
             await self._rollback(thread_id, before if before_id else None)

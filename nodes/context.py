@@ -1,10 +1,35 @@
-"""Per-run knobs that travel in LangGraph's runtime context (never checkpointed)."""
+"""Per-run knobs that travel in LangGraph's runtime context (never checkpointed).
+
+Everything in ``Context`` is plain data, so LangGraph (and Studio) can describe it as a JSON
+schema. Runtime objects of a run, such as the cancel flag, travel in
+``config["configurable"]`` under a ``__``-prefixed key instead: never in the schema and never
+copied into checkpoint metadata.
+"""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+__all__ = ["CANCEL_EVENT_KEY", "Context", "cancel_event_of", "with_cancel_event"]
+
+CANCEL_EVENT_KEY = "__steadychat_cancel_event"
+"""``config["configurable"]`` key of the run's ``threading.Event``: set to stop generation."""
+
+
+def cancel_event_of(config: RunnableConfig | None) -> threading.Event | None:
+    """The run's cancel flag, if the caller gave one (see ``with_cancel_event``)."""
+    event = ((config or {}).get("configurable") or {}).get(CANCEL_EVENT_KEY)
+    return event if isinstance(event, threading.Event) else None
+
+
+def with_cancel_event(config: RunnableConfig, event: threading.Event) -> RunnableConfig:
+    """A copy of ``config`` that carries ``event`` as the run's cancel flag."""
+    configurable = {**(config.get("configurable") or {}), CANCEL_EVENT_KEY: event}
+    return {**config, "configurable": configurable}
 
 
 @dataclass(kw_only=True)
@@ -27,6 +52,10 @@ class Context:
     """Records that follow each recalled one in its thread (the reply to a recalled question)."""
     memory_neighbours_before: int = 0
     """Records just before each recalled one in its thread (what a recalled reply answers)."""
+    memory_diversity: float = 0.3
+    """Maximal marginal relevance: > 0 picks the ``top_k`` memories from twice as many
+    candidates, each scored ``score / best score - memory_diversity * overlap`` (the Jaccard
+    overlap of its terms with a memory already picked); 0 takes the best ``top_k``."""
     cross_thread_memory: bool = False
     """Recall from all of this user's threads, not just this one."""
     context_window: int = 8192
@@ -52,5 +81,3 @@ class Context:
     """Store this text as the assistant's reply instead of generating one (transcript replay)."""
     recorded_reply_timestamp: str | None = None
     """ISO-8601 time of the recorded reply; defaults to the user message's time when replaying."""
-    cancel_event: threading.Event | None = None
-    """Set by the caller (a disconnected client) to stop generation early."""

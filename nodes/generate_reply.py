@@ -12,10 +12,11 @@ from typing import Any, cast
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.messages.ai import add_ai_message_chunks
+from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
 from nodes.budget import Section, assemble_prompt
-from nodes.context import Context
+from nodes.context import Context, cancel_event_of
 from nodes.dates import readable_date
 from nodes.errors import ContextOverflowError, TurnCancelled
 from nodes.postprocess import ReplyStream
@@ -250,7 +251,7 @@ def make_generate_reply(
     chat_model: BaseChatModel,
     *,
     profile_max_new_tokens: Callable[[str], int] = profile_reply_tokens,
-) -> Callable[[ChatState, Runtime[Context]], dict[str, Any]]:
+) -> Callable[[ChatState, Runtime[Context], RunnableConfig], dict[str, Any]]:
     """Build the generate_reply node.
 
     Args:
@@ -259,9 +260,12 @@ def make_generate_reply(
             ``max_new_tokens`` unless a caller decides otherwise).
     """
 
-    def generate_reply(state: ChatState, runtime: Runtime[Context]) -> dict[str, Any]:
+    def generate_reply(
+        state: ChatState, runtime: Runtime[Context], config: RunnableConfig
+    ) -> dict[str, Any]:
         """Generate the assistant's reply for the current turn and record the context account."""
         ctx = runtime.context or Context()
+        cancel_event = cancel_event_of(config)
         turn = state.get("turn", 0)
         messages: list[BaseMessage] = list(state.get("messages") or [])
         if not messages or not isinstance(messages[-1], HumanMessage):
@@ -313,10 +317,10 @@ def make_generate_reply(
         else:
             kwargs: dict[str, Any] = {"profile": ctx.profile, "max_new_tokens": max_new}
             kwargs.update(ctx.generation)
-            if ctx.cancel_event is not None:
-                kwargs["cancel_event"] = ctx.cancel_event
+            if cancel_event is not None:
+                kwargs["cancel_event"] = cancel_event
             reply = _stream_reply(
-                chat_model, assembled.messages, kwargs, post, release, ctx.cancel_event
+                chat_model, assembled.messages, kwargs, post, release, cancel_event
             )
             finish_reason = (reply.response_metadata or {}).get("finish_reason", "stop")
             meta: Mapping[str, Any] = reply.usage_metadata or {}
@@ -327,7 +331,7 @@ def make_generate_reply(
                 # Prompt tokens whose KV the engine reused (the thread's unchanged prefix).
                 "cached_tokens": int((meta.get("input_token_details") or {}).get("cache_read", 0)),
             }
-        if ctx.cancel_event is not None and ctx.cancel_event.is_set():
+        if cancel_event is not None and cancel_event.is_set():
             raise TurnCancelled("the turn was cancelled during generation")
         release(post.finish())
         text = "".join(shown)

@@ -10,7 +10,7 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
-from nodes.context import Context
+from nodes.context import Context, cancel_event_of
 from nodes.dates import resolve_relative_dates
 from nodes.errors import ThreadDeletedError, TurnCancelled
 from nodes.memory import MemoryRecord, MemoryStore
@@ -260,7 +260,8 @@ def make_remember(memory: MemoryStore) -> RememberNode:
         records = exchange_records(state, thread_id=str(thread_id), user_id=ctx.user_id)
         if not records:
             return {}
-        if ctx.cancel_event is not None and ctx.cancel_event.is_set():
+        cancel_event = cancel_event_of(config)
+        if cancel_event is not None and cancel_event.is_set():
             # The caller is rolling this turn back: memory must not keep what the thread won't.
             raise TurnCancelled("the turn was cancelled before it was remembered")
         try:

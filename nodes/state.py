@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
+
+# typing_extensions: pydantic (hence LangGraph Studio's schemas) needs it before Python 3.12.
+from typing_extensions import TypedDict
 
 
 class SlotChange(TypedDict):

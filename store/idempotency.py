@@ -59,6 +59,7 @@ class PostgresIdempotencyStore:
                     scope TEXT NOT NULL,
                     key TEXT NOT NULL,
                     fingerprint TEXT NOT NULL,
+                    thread_id TEXT,
                     result JSONB,
                     claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
                     expires_at TIMESTAMPTZ NOT NULL,
@@ -71,13 +72,19 @@ class PostgresIdempotencyStore:
             )
 
     async def claim(
-        self, slot: tuple[str, str, str], fingerprint: str, *, timeout_s: float | None = None
+        self,
+        slot: tuple[str, str, str],
+        fingerprint: str,
+        *,
+        thread: str | None = None,
+        timeout_s: float | None = None,
     ) -> KeyState:
         """Take the key, or find its result, waiting while another process runs it.
 
         Args:
             slot: (owner, scope, key).
             fingerprint: The request body's hash.
+            thread: The thread the request belongs to (``forget_thread`` deletes its keys).
             timeout_s: Longest wait for a running duplicate (``stale_s`` when None).
 
         Returns:
@@ -89,17 +96,19 @@ class PostgresIdempotencyStore:
             async with self.pool.connection() as conn:
                 cur = await conn.execute(
                     f"""
-                    INSERT INTO {TABLE} AS t (owner, scope, key, fingerprint, expires_at)
-                    VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))
+                    INSERT INTO {TABLE} AS t
+                        (owner, scope, key, fingerprint, thread_id, expires_at)
+                    VALUES (%s, %s, %s, %s, %s, now() + make_interval(secs => %s))
                     ON CONFLICT (owner, scope, key) DO UPDATE
                         SET fingerprint = EXCLUDED.fingerprint, result = NULL,
+                            thread_id = EXCLUDED.thread_id,
                             claimed_at = now(), expires_at = EXCLUDED.expires_at
                         WHERE t.expires_at < now()
                            OR (t.result IS NULL
                                AND t.claimed_at < now() - make_interval(secs => %s))
                     RETURNING 1
                     """,
-                    (*slot, fingerprint, self.ttl_s, self.stale_s),
+                    (*slot, fingerprint, thread, self.ttl_s, self.stale_s),
                 )
                 if await cur.fetchone():
                     return KeyState("run")
@@ -138,6 +147,13 @@ class PostgresIdempotencyStore:
                 f"DELETE FROM {TABLE} WHERE owner = %s AND scope = %s AND key = %s "
                 "AND result IS NULL",
                 slot,
+            )
+
+    async def forget_thread(self, owner: str, thread_id: str) -> None:
+        """Delete the keys of the owner's thread (their results hold its text)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                f"DELETE FROM {TABLE} WHERE owner = %s AND thread_id = %s", (owner, thread_id)
             )
 
     async def count(self) -> int:

@@ -116,19 +116,26 @@ async def get_thread(thread_id: ThreadId, service: ServiceDep, owner: OwnerDep) 
     response_class=Response,
     responses={204: {"description": "Deleted"}},
 )
-async def delete_thread(thread_id: ThreadId, service: ServiceDep, owner: OwnerDep) -> Response:
+async def delete_thread(
+    thread_id: ThreadId, service: ServiceDep, owner: OwnerDep, request: Request
+) -> Response:
     """Delete a thread with its checkpoints, memories and slots."""
     bind_thread(thread_id)
     await service.delete_thread(thread_id, owner=owner)
+    await request.app.state.idempotency.forget_thread(owner=owner, thread_id=thread_id)
     logger.info("thread deleted")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{thread_id}/reset", response_model=ThreadPublic)
-async def reset_thread(thread_id: ThreadId, service: ServiceDep, owner: OwnerDep) -> ThreadPublic:
+async def reset_thread(
+    thread_id: ThreadId, service: ServiceDep, owner: OwnerDep, request: Request
+) -> ThreadPublic:
     """Clear a thread's state, memories and slots, keeping its id and title."""
     bind_thread(thread_id)
-    return ThreadPublic.of(await service.reset_thread(thread_id, owner=owner))
+    thread = await service.reset_thread(thread_id, owner=owner)
+    await request.app.state.idempotency.forget_thread(owner=owner, thread_id=thread_id)
+    return ThreadPublic.of(thread)
 
 
 @router.get("/{thread_id}/history", response_model=HistoryPublic)

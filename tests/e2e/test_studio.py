@@ -57,7 +57,7 @@ def test_langgraph_dev_runs_two_turns_with_the_tiny_model(tmp_path: Path) -> Non
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 420
         while True:
             try:
                 if httpx.get(f"{url}/ok", timeout=2).status_code == 200:
@@ -70,6 +70,16 @@ def test_langgraph_dev_runs_two_turns_with_the_tiny_model(tmp_path: Path) -> Non
         client = get_sync_client(url=url)
         assistants = client.assistants.search(graph_id="steadychat")
         assert assistants, "the steadychat graph is not served"
+        # Studio draws its forms from these schemas: the message input, and the context's
+        # profile and knobs.
+        schemas = client.assistants.get_schemas(assistants[0]["assistant_id"])
+        for name in ("input_schema", "output_schema", "context_schema"):
+            assert schemas.get(name), f"{name} is missing: {schemas}"
+        assert "messages" in schemas["input_schema"]["properties"]
+        assert {"slots", "context_account"} <= set(schemas["output_schema"]["properties"])
+        knobs = set(schemas["context_schema"]["properties"])
+        assert {"profile", "top_k", "max_new_tokens", "generation", "window_tokens"} <= knobs
+        assert not any("cancel" in knob for knob in knobs), knobs
         thread = client.threads.create()
         context = {"profile": "precise", "max_new_tokens": 12}
         first = client.runs.wait(
@@ -92,6 +102,12 @@ def test_langgraph_dev_runs_two_turns_with_the_tiny_model(tmp_path: Path) -> Non
         assert second["context_account"]["turn"] == 2
         # The state block reached the model: the account counted a state section.
         assert second["context_account"]["sections"].get("state", 0) > 0
+        log_text = (tmp_path / "server.log").read_text()
+        assert "Failed to get" not in log_text, log_text[-3000:]
+        assert "schema" not in "\n".join(
+            line for line in log_text.splitlines() if "warning" in line.lower()
+        ), log_text[-3000:]
+        assert "UserWarning" not in log_text, log_text[-3000:]
     finally:
         server.terminate()
         try:

@@ -189,7 +189,7 @@ async def test_thread_calls_on_the_openai_route_log_their_thread(
     with caplog.at_level(logging.INFO, logger="steadychat"):
         response = await client.post(
             "/v1/chat/completions",
-            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            json={"model": "steadychat", "messages": [{"role": "user", "content": "hi"}]},
             headers={"X-Request-Id": "v1-1", "X-Thread-Id": "logged-thread"},
         )
     assert response.status_code == 200, response.text

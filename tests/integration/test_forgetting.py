@@ -17,13 +17,15 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from api.app import create_app
 from graph.compose import open_service
 from graph.settings import Settings
+from nodes.generate_reply import user_text_of
 from tests.fakes import ScriptedChatModel
 
 
 def _echo(messages: list[BaseMessage]) -> str:
     # The reply repeats the user turn, so assistant records carry the canary too.
     last = next(m for m in reversed(messages) if isinstance(m, HumanMessage))
-    return f"Noted: {last.content}"
+    # The user's own words: the turn's context before them (slots, memories) is not echoed.
+    return f"Noted: {user_text_of(str(last.content))}"
 
 
 def _canary(label: str) -> str:
@@ -56,6 +58,8 @@ async def _planted_thread(
             await client.post(
                 f"/threads/{thread}/messages",
                 json={"content": f"Please remember the code {canary} for step {i}."},
+                # The remembered result of a key holds the reply: it must go with the thread.
+                headers={"Idempotency-Key": f"step-{i}-{uuid.uuid4().hex}"},
             )
         )
     await _ok(
@@ -92,11 +96,22 @@ async def _exercise(client: httpx.AsyncClient) -> dict[str, str]:
     assert cleared["slots"]["email"]["history"] == []
 
     assert (await client.get(f"/threads/{deleted}")).status_code == 404
+    remembered = _remembered_results(client)
+    assert canaries["kept"] in remembered
+    assert canaries["deleted"] not in remembered and canaries["reset"] not in remembered
     after_reset = await _ok(await client.get(f"/threads/{reset}"))
     assert after_reset["slots"] == {} and after_reset["window"] == []
     detail = await _ok(await client.get(f"/threads/{kept}"))
     assert detail["slots"]["name"]["value"] == f"N{canaries['kept']}"
     return canaries
+
+
+def _remembered_results(client: httpx.AsyncClient) -> str:
+    """Every Idempotency-Key result this process remembers, as one text."""
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    cache = transport.app.state.idempotency  # type: ignore[attr-defined]
+    return repr([entry.done.result() for entry in cache._entries.values() if entry.done.done()])
 
 
 def _files_holding(root: Path, needle: str) -> dict[str, int]:

@@ -107,7 +107,7 @@ async def test_stateless_completion_maps_messages_and_parameters(
 ) -> None:
     model.enqueue("Your order number is 20240815CN001.")
     response = await client.chat.completions.create(
-        model="qwen-anything",
+        model="steadychat",
         messages=[
             {"role": "system", "content": "You are a support engineer."},
             {"role": "developer", "content": "Answer briefly."},
@@ -124,7 +124,7 @@ async def test_stateless_completion_maps_messages_and_parameters(
 
     assert response.object == "chat.completion"
     assert response.id.startswith("chatcmpl-")
-    assert response.model == "qwen-anything"
+    assert response.model == "steadychat-test-model"
     [choice] = response.choices
     assert choice.message.role == "assistant"
     assert choice.message.content == "Your order number is 20240815CN001."
@@ -157,7 +157,7 @@ async def test_max_completion_tokens_wins_over_max_tokens(
     client: openai.AsyncOpenAI, model: ScriptedChatModel
 ) -> None:
     await client.chat.completions.create(
-        model="m",
+        model="steadychat",
         messages=[{"role": "user", "content": "hi"}],
         max_tokens=100,
         max_completion_tokens=12,
@@ -170,7 +170,9 @@ async def test_stream_reassembles_text_with_one_finish_reason(
 ) -> None:
     model.enqueue("The capital of France is Paris.")
     stream = await client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "Capital of France?"}], stream=True
+        model="steadychat",
+        messages=[{"role": "user", "content": "Capital of France?"}],
+        stream=True,
     )
     chunks = [chunk async for chunk in stream]
 
@@ -190,7 +192,7 @@ async def test_stream_usage_chunk_with_include_usage(
 ) -> None:
     model.enqueue("one two three")
     stream = await client.chat.completions.create(
-        model="m",
+        model="steadychat",
         messages=[{"role": "user", "content": "count"}],
         stream=True,
         stream_options={"include_usage": True},
@@ -217,13 +219,13 @@ async def test_thread_header_remembers_across_calls(
     headers = {"X-Thread-Id": "support-42"}
     model.responder = lambda messages: f"Reply to: {user_text_of(str(messages[-1].content))}"
     first = await client.chat.completions.create(
-        model="m",
+        model="steadychat",
         messages=[{"role": "user", "content": "My order number is 20240815CN001."}],
         extra_headers=headers,
     )
     # A client that keeps its own history sends it again; only the last user message counts.
     second = await client.chat.completions.create(
-        model="m",
+        model="steadychat",
         messages=[
             {"role": "user", "content": "An older message the thread must not take."},
             {"role": "assistant", "content": "An older reply."},
@@ -255,7 +257,7 @@ async def test_user_field_names_whose_memory_the_turn_writes(
     client: openai.AsyncOpenAI, service: ChatService
 ) -> None:
     await client.chat.completions.create(
-        model="m",
+        model="steadychat",
         messages=[{"role": "user", "content": "My favourite colour is teal."}],
         user="alice",
         extra_headers={"X-Thread-Id": "alice-thread"},
@@ -271,12 +273,16 @@ async def test_profile_extension_and_its_validation(
     client: openai.AsyncOpenAI, model: ScriptedChatModel
 ) -> None:
     await client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "hi"}], extra_body={"profile": "precise"}
+        model="steadychat",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"profile": "precise"},
     )
     assert model.history[0]["kwargs"]["profile"] == "precise"
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], extra_body={"profile": "x"}
+            model="steadychat",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"profile": "x"},
         )
     assert caught.value.param == "profile"
 
@@ -285,7 +291,7 @@ async def test_thread_system_message_replaces_role_prompt(
     client: openai.AsyncOpenAI, model: ScriptedChatModel
 ) -> None:
     await client.chat.completions.create(
-        model="m",
+        model="steadychat",
         messages=[
             {"role": "system", "content": "You are Captain Pirate, a ship's assistant."},
             {"role": "user", "content": "Ahoy there"},
@@ -302,7 +308,7 @@ async def test_thread_stream_saves_the_turn(
 ) -> None:
     model.enqueue("Streaming works fine today.")
     stream = await client.chat.completions.create(
-        model="m",
+        model="steadychat",
         messages=[{"role": "user", "content": "Does streaming work?"}],
         stream=True,
         stream_options={"include_usage": True},
@@ -334,7 +340,11 @@ async def test_thread_stream_saves_the_turn(
         ({"max_tokens": 0}, "max_tokens"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"stop": ["ok", ""]}, "stop"),
-        ({"response_format": {"type": "json_schema"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"functions": [{"name": "f"}]}, "functions"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
@@ -343,7 +353,7 @@ async def test_invalid_parameters_are_bad_requests(
 ) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], **extra
+            model="steadychat", messages=[{"role": "user", "content": "hi"}], **extra
         )
     assert caught.value.status_code == 400
     assert caught.value.type == "invalid_request_error"
@@ -356,7 +366,7 @@ async def test_invalid_parameters_are_bad_requests(
     [
         ([], "messages"),
         ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}], "messages"),
-        ([{"role": "tool", "content": "x", "tool_call_id": "1"}], "messages.0"),
+        ([{"role": "tool", "content": "x"}], "messages[0]"),
         (
             [
                 {
@@ -369,29 +379,64 @@ async def test_invalid_parameters_are_bad_requests(
             ],
             "messages[0].content[1].type",
         ),
-        ([{"role": "user", "content": None}], "messages.0.content"),
-        ([{"role": "user"}], "messages.0.content"),
+        ([{"role": "user", "content": None}], "messages[0].content"),
+        ([{"role": "user"}], "messages[0].content"),
     ],
 )
 async def test_invalid_messages_are_bad_requests(
     client: openai.AsyncOpenAI, messages: list[dict[str, Any]], param: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        await client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="steadychat", messages=messages)  # type: ignore[arg-type]
     assert caught.value.param is not None and caught.value.param.startswith(param)
     assert caught.value.body is not None and caught.value.message
 
 
-async def test_unknown_fields_are_ignored(
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"extra_body": {"some_vendor_field": {"a": 1}}}, "some_vendor_field"),
+        # The scripted model runs no generate(): what needs logits processors is refused.
+        ({"presence_penalty": 0.1}, "presence_penalty"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"logit_bias": {"42": 1}}, "logit_bias"),
+        ({"logprobs": True}, "logprobs"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {}},
+                }
+            },
+            "response_format",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tools",
+        ),
+    ],
+)
+async def test_unserved_fields_are_named_in_a_400(
+    client: openai.AsyncOpenAI, model: ScriptedChatModel, extra: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(
+            model="steadychat", messages=[{"role": "user", "content": "hi"}], **extra
+        )
+    assert caught.value.param == param
+    assert model.history == []
+
+
+async def test_harmless_fields_are_accepted(
     client: openai.AsyncOpenAI, model: ScriptedChatModel
 ) -> None:
     model.enqueue("fine")
     response = await client.chat.completions.create(
-        model="m",
+        model="steadychat",
         messages=[{"role": "user", "content": "hi"}],
-        presence_penalty=0.1,
-        logit_bias={"42": 1},
-        extra_body={"some_vendor_field": {"a": 1}},
+        metadata={"k": "v"},
+        store=False,
+        presence_penalty=0,
     )
     assert response.choices[0].message.content == "fine"
 
@@ -402,7 +447,7 @@ async def test_context_length_exceeded_stateless(
     model.context_window = 64
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "word " * 80}]
+            model="steadychat", messages=[{"role": "user", "content": "word " * 80}]
         )
     assert caught.value.code == "context_length_exceeded"
     assert caught.value.param == "messages"
@@ -410,7 +455,7 @@ async def test_context_length_exceeded_stateless(
 
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "short"}], max_tokens=100
+            model="steadychat", messages=[{"role": "user", "content": "short"}], max_tokens=100
         )
     assert caught.value.code == "context_length_exceeded"
     assert model.history == []
@@ -425,7 +470,7 @@ async def test_context_length_exceeded_in_a_thread(tmp_path: Path) -> None:
         for stream in (False, True):
             with pytest.raises(openai.BadRequestError) as caught:
                 await client.chat.completions.create(
-                    model="m",
+                    model="steadychat",
                     messages=[{"role": "user", "content": "word " * 400}],
                     extra_headers={"X-Thread-Id": "too-long"},
                     stream=stream,
@@ -442,26 +487,28 @@ async def test_tenants_cannot_reach_each_others_threads(tmp_path: Path) -> None:
         async with _client(app, KEY_A) as a, _client(app, KEY_B) as b, _client(app, "wrong") as c:
             headers = {"X-Thread-Id": "private-thread"}
             done = await a.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "hello"}], extra_headers=headers
+                model="steadychat",
+                messages=[{"role": "user", "content": "hello"}],
+                extra_headers=headers,
             )
             assert done.model_extra["steadychat"]["turn"] == 1
 
             with pytest.raises(openai.NotFoundError):
                 await b.chat.completions.create(
-                    model="m",
+                    model="steadychat",
                     messages=[{"role": "user", "content": "let me in"}],
                     extra_headers=headers,
                 )
             with pytest.raises(openai.NotFoundError):
                 await b.chat.completions.create(
-                    model="m",
+                    model="steadychat",
                     messages=[{"role": "user", "content": "let me in"}],
                     extra_headers=headers,
                     stream=True,
                 )
             with pytest.raises(openai.AuthenticationError) as caught:
                 await c.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "hi"}]
+                    model="steadychat", messages=[{"role": "user", "content": "hi"}]
                 )
             assert caught.value.type == "authentication_error"
             with pytest.raises(openai.AuthenticationError):
@@ -478,7 +525,7 @@ async def test_over_long_messages_are_refused(tmp_path: Path) -> None:
         for headers in ({}, {"X-Thread-Id": "long-one"}):
             with pytest.raises(openai.BadRequestError) as caught:
                 await client.chat.completions.create(
-                    model="m",
+                    model="steadychat",
                     messages=[
                         {"role": "system", "content": "short"},
                         {"role": "user", "content": "x" * 41},
@@ -499,7 +546,7 @@ async def test_model_crash_is_a_server_error_without_internals(
     model.responder = crash
     with pytest.raises(openai.InternalServerError) as caught:
         await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}]
+            model="steadychat", messages=[{"role": "user", "content": "hi"}]
         )
     assert caught.value.type == "server_error"
     assert "secret" not in caught.value.response.text
@@ -535,7 +582,9 @@ async def test_busy_thread_answers_conflict_when_the_policy_rejects(tmp_path: Pa
         headers = {"X-Thread-Id": "busy-thread"}
         first = asyncio.create_task(
             client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "one"}], extra_headers=headers
+                model="steadychat",
+                messages=[{"role": "user", "content": "one"}],
+                extra_headers=headers,
             )
         )
         try:
@@ -544,7 +593,9 @@ async def test_busy_thread_answers_conflict_when_the_policy_rejects(tmp_path: Pa
                     await asyncio.sleep(0.01)
             with pytest.raises(openai.ConflictError) as caught:
                 await client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "two"}], extra_headers=headers
+                    model="steadychat",
+                    messages=[{"role": "user", "content": "two"}],
+                    extra_headers=headers,
                 )
             assert caught.value.response.headers["x-should-retry"] == "false"
         finally:
@@ -557,7 +608,7 @@ async def test_busy_thread_answers_conflict_when_the_policy_rejects(tmp_path: Pa
 async def test_bad_thread_id_header(client: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(
-            model="m",
+            model="steadychat",
             messages=[{"role": "user", "content": "hi"}],
             extra_headers={"X-Thread-Id": "no spaces/allowed"},
         )
@@ -573,7 +624,7 @@ async def test_json_object_valid_reply_passes(
 ) -> None:
     model.enqueue('{"city": "Paris", "country": "France"}')
     response = await client.chat.completions.create(
-        model="m",
+        model="steadychat",
         messages=[{"role": "user", "content": "Give the capital of France as JSON."}],
         response_format={"type": "json_object"},
     )
@@ -592,7 +643,7 @@ async def test_json_object_retries_once_after_invalid_output(
     fenced = '```json\n{"city": "Paris"}\n```'
     model.enqueue("Sure! The city is Paris.", fenced)
     response = await client.chat.completions.create(
-        model="m",
+        model="steadychat",
         messages=[
             {"role": "system", "content": "You are terse."},
             {"role": "user", "content": "City as JSON please."},
@@ -618,7 +669,7 @@ async def test_json_object_still_invalid_is_an_honest_server_error(
     model.enqueue("no json here", "[1, 2, 3]")
     with pytest.raises(openai.InternalServerError) as caught:
         await client.chat.completions.create(
-            model="m",
+            model="steadychat",
             messages=[{"role": "user", "content": "JSON please"}],
             response_format={"type": "json_object"},
         )
@@ -634,7 +685,7 @@ async def test_json_object_streamed_and_in_a_thread(
         '{"ok": true}' if "not a valid JSON" in str(messages[-1].content) else "plain words"
     )
     stream = await client.chat.completions.create(
-        model="m",
+        model="steadychat",
         messages=[{"role": "user", "content": "status as JSON"}],
         response_format={"type": "json_object"},
         stream=True,
@@ -652,8 +703,9 @@ async def test_json_object_streamed_and_in_a_thread(
 
 async def test_models_list_and_retrieve(client: openai.AsyncOpenAI) -> None:
     page = await client.models.list()
-    [card] = page.data
-    assert card.id == "steadychat-test-model"
+    card, alias = page.data
+    assert (card.id, alias.id) == ("steadychat-test-model", "steadychat")
+    assert (await client.models.retrieve("steadychat")).id == "steadychat"
     assert card.object == "model"
     assert card.owned_by == "steadychat"
     assert card.created > 0
@@ -663,6 +715,24 @@ async def test_models_list_and_retrieve(client: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         await client.models.retrieve("gpt-unknown")
     assert caught.value.code == "model_not_found"
+
+
+async def test_an_unknown_model_is_openais_404(
+    client: openai.AsyncOpenAI, model: ScriptedChatModel
+) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.chat.completions.create(
+            model="gpt-unknown", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.code == "model_not_found"
+    assert caught.value.body["param"] == "model"  # type: ignore[index]
+    assert model.history == []
+    for name in ("steadychat", "steadychat-test-model"):
+        model.enqueue("ok")
+        reply = await client.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.model == "steadychat-test-model"
 
 
 async def test_model_id_with_a_slash(tmp_path: Path) -> None:
@@ -691,7 +761,7 @@ async def test_tiny_transformers_model_through_the_openai_client(
         _client(create_app(svc, settings=settings)) as client,
     ):
         response = await client.chat.completions.create(
-            model="tiny",
+            model="steadychat",
             messages=[
                 {"role": "system", "content": "You are helpful."},
                 {"role": "user", "content": "Hello there"},
@@ -708,7 +778,7 @@ async def test_tiny_transformers_model_through_the_openai_client(
         assert response.choices[0].finish_reason in ("stop", "length")
 
         stream = await client.chat.completions.create(
-            model="tiny",
+            model="steadychat",
             messages=[{"role": "user", "content": "Hello again"}],
             max_tokens=6,
             temperature=0,
@@ -720,7 +790,7 @@ async def test_tiny_transformers_model_through_the_openai_client(
         assert chunks[-1].usage is not None
         assert 0 < chunks[-1].usage.completion_tokens <= 6
         stateless = await client.chat.completions.create(
-            model="tiny",
+            model="steadychat",
             messages=[{"role": "user", "content": "Hello"}],
             max_tokens=4,
             stream=True,
@@ -747,22 +817,22 @@ async def test_any_integer_seed_is_served_by_the_real_model(
         messages: Any = [{"role": "user", "content": "Hello"}]
         for seed in (-5, 2**63 - 1, 10**30):
             reply = await client.chat.completions.create(
-                model="tiny", messages=messages, max_tokens=3, seed=seed
+                model="steadychat", messages=messages, max_tokens=3, seed=seed
             )
             assert reply.choices[0].finish_reason in ("stop", "length")
         again = await client.chat.completions.create(
-            model="tiny", messages=messages, max_tokens=3, seed=-5
+            model="steadychat", messages=messages, max_tokens=3, seed=-5
         )
         first = await client.chat.completions.create(
-            model="tiny", messages=messages, max_tokens=3, seed=-5
+            model="steadychat", messages=messages, max_tokens=3, seed=-5
         )
         assert again.choices[0].message.content == first.choices[0].message.content
         stream = await client.chat.completions.create(
-            model="tiny", messages=messages, max_tokens=3, seed=-1, stream=True
+            model="steadychat", messages=messages, max_tokens=3, seed=-1, stream=True
         )
         assert [chunk async for chunk in stream][-1].choices[0].finish_reason is not None
         stateful = await client.chat.completions.create(
-            model="tiny",
+            model="steadychat",
             messages=messages,
             max_tokens=3,
             seed=-1,
@@ -801,10 +871,13 @@ async def test_stateless_prompt_is_counted_off_the_event_loop(tmp_path: Path) ->
     ):
         loop_thread = threading.get_ident()
         await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "Hello"}], max_tokens=5
+            model="steadychat", messages=[{"role": "user", "content": "Hello"}], max_tokens=5
         )
         stream = await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "Hello"}], max_tokens=5, stream=True
+            model="steadychat",
+            messages=[{"role": "user", "content": "Hello"}],
+            max_tokens=5,
+            stream=True,
         )
         assert [chunk async for chunk in stream]
     assert model.counting_threads and loop_thread not in model.counting_threads
@@ -818,13 +891,13 @@ async def test_completions_count_in_the_turn_metrics(
     from tests.integration.test_api_operations import samples
 
     messages: Any = [{"role": "user", "content": "Hello there"}]
-    plain = await client.chat.completions.create(model="m", messages=messages)
+    plain = await client.chat.completions.create(model="steadychat", messages=messages)
     stream = await client.chat.completions.create(
-        model="m", messages=messages, stream=True, extra_headers={"X-Thread-Id": "metered"}
+        model="steadychat", messages=messages, stream=True, extra_headers={"X-Thread-Id": "metered"}
     )
     assert [chunk async for chunk in stream]
     await client.chat.completions.create(
-        model="m", messages=messages, extra_headers={"X-Thread-Id": "metered"}
+        model="steadychat", messages=messages, extra_headers={"X-Thread-Id": "metered"}
     )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
@@ -849,10 +922,10 @@ async def test_idempotency_key_makes_a_retried_turn_run_once(
     messages: Any = [{"role": "user", "content": "Hello there"}]
     headers = {"X-Thread-Id": "idem", "Idempotency-Key": "k-1"}
     first = await client.chat.completions.with_raw_response.create(
-        model="m", messages=messages, extra_headers=headers
+        model="steadychat", messages=messages, extra_headers=headers
     )
     retry = await client.chat.completions.with_raw_response.create(
-        model="m", messages=messages, extra_headers=headers
+        model="steadychat", messages=messages, extra_headers=headers
     )
     assert retry.headers.get("Idempotent-Replayed") == "true"
     assert first.parse().choices[0].message.content == "first answer"
@@ -863,7 +936,7 @@ async def test_idempotency_key_makes_a_retried_turn_run_once(
     texts = []
     for _ in range(2):
         stream = await client.chat.completions.create(
-            model="m", messages=messages, stream=True, extra_headers=stream_headers
+            model="steadychat", messages=messages, stream=True, extra_headers=stream_headers
         )
         texts.append("".join([c.choices[0].delta.content or "" async for c in stream if c.choices]))
     assert texts == ["streamed answer", "streamed answer"]
@@ -875,7 +948,7 @@ async def test_idempotency_key_makes_a_retried_turn_run_once(
         # The same key for another thread is another request: refused, not replayed.
         other = await http.post(
             "/v1/chat/completions",
-            json={"model": "m", "messages": messages},
+            json={"model": "steadychat", "messages": messages},
             headers={"X-Thread-Id": "other", "Idempotency-Key": "k-1"},
         )
         assert other.status_code == 422
@@ -889,7 +962,7 @@ async def test_thread_call_ending_with_an_assistant_message_is_refused(
     # The last user message used to be taken anyway: it was answered and saved a second time.
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(
-            model="m",
+            model="steadychat",
             messages=[
                 {"role": "user", "content": "My name is Bob."},
                 {"role": "assistant", "content": "Hello Bob."},

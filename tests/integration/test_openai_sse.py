@@ -145,7 +145,8 @@ async def test_stream_framing_byte_by_byte(
 ) -> None:
     model.enqueue("alpha beta gamma")
     response = await _post(
-        http, {"model": "m", "stream": True, "messages": [{"role": "user", "content": "go"}]}
+        http,
+        {"model": "steadychat", "stream": True, "messages": [{"role": "user", "content": "go"}]},
     )
 
     assert response.status_code == 200
@@ -158,7 +159,7 @@ async def test_stream_framing_byte_by_byte(
     assert len({c["id"] for c in chunks}) == 1
     assert chunks[0]["id"].startswith("chatcmpl-")
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
-    assert {c["model"] for c in chunks} == {"m"}
+    assert {c["model"] for c in chunks} == {"sc"}
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert all("role" not in c["choices"][0]["delta"] for c in chunks[1:])
     contents = [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]]
@@ -176,7 +177,7 @@ async def test_include_usage_framing(http: httpx.AsyncClient, model: ScriptedCha
     response = await _post(
         http,
         {
-            "model": "m",
+            "model": "steadychat",
             "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": "go"}],
@@ -197,7 +198,7 @@ async def test_include_usage_framing(http: httpx.AsyncClient, model: ScriptedCha
 async def test_stateful_stream_framing_carries_the_extension(http: httpx.AsyncClient) -> None:
     response = await _post(
         http,
-        {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hello"}]},
+        {"model": "steadychat", "stream": True, "messages": [{"role": "user", "content": "hello"}]},
         headers={"X-Thread-Id": "raw-sse"},
     )
     chunks = [json.loads(p) for p in _events(response.content)[:-1]]
@@ -210,7 +211,13 @@ async def test_stateful_stream_framing_carries_the_extension(http: httpx.AsyncCl
 
 async def test_errors_before_the_stream_are_plain_json(http: httpx.AsyncClient) -> None:
     response = await _post(
-        http, {"model": "m", "stream": True, "n": 3, "messages": [{"role": "user", "content": "x"}]}
+        http,
+        {
+            "model": "steadychat",
+            "stream": True,
+            "n": 3,
+            "messages": [{"role": "user", "content": "x"}],
+        },
     )
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("application/json")
@@ -229,7 +236,12 @@ async def test_error_mid_stream_is_a_data_event_then_done(tmp_path: Path) -> Non
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
             response = await _post(
-                http, {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+                http,
+                {
+                    "model": "steadychat",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "x"}],
+                },
             )
             payloads = _events(response.content)
             assert payloads[-1] == "[DONE]"
@@ -247,7 +259,7 @@ async def test_error_mid_stream_is_a_data_event_then_done(tmp_path: Path) -> Non
             received: list[str] = []
             with pytest.raises(openai.APIError):
                 stream = await client.chat.completions.create(
-                    model="m", messages=[{"role": "user", "content": "x"}], stream=True
+                    model="steadychat", messages=[{"role": "user", "content": "x"}], stream=True
                 )
                 async for chunk in stream:
                     received.append(chunk.choices[0].delta.content or "")
@@ -256,7 +268,11 @@ async def test_error_mid_stream_is_a_data_event_then_done(tmp_path: Path) -> Non
             # In a thread the failed turn leaves nothing behind.
             response = await _post(
                 http,
-                {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+                {
+                    "model": "steadychat",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": "x"}],
+                },
                 headers={"X-Thread-Id": "failing"},
             )
             payloads = _events(response.content)
@@ -280,7 +296,7 @@ async def test_client_disconnect_cancels_generation(tmp_path: Path, thread: str 
                 "POST",
                 "/v1/chat/completions",
                 json={
-                    "model": "m",
+                    "model": "steadychat",
                     "stream": True,
                     "messages": [{"role": "user", "content": "go"}],
                 },
@@ -312,7 +328,7 @@ async def test_client_leaving_a_plain_call_cancels_generation(
             with pytest.raises(httpx.ReadTimeout):
                 await http.post(
                     "/v1/chat/completions",
-                    json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                    json={"model": "steadychat", "messages": [{"role": "user", "content": "x"}]},
                     headers={"X-Thread-Id": thread} if thread else {},
                 )
             await asyncio.to_thread(model.cancelled.wait, 10)
@@ -329,7 +345,7 @@ async def _assert_nothing_saved(
     model.enqueue("fresh start")
     next_turn = await http.post(
         "/v1/chat/completions",
-        json={"model": "m", "messages": [{"role": "user", "content": "again"}]},
+        json={"model": "steadychat", "messages": [{"role": "user", "content": "again"}]},
         headers={"X-Thread-Id": thread},
     )
     assert next_turn.json()["steadychat"]["turn"] == 1

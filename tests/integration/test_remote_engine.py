@@ -427,13 +427,19 @@ async def test_rest_and_v1_turns_stream_what_they_save(api: httpx.AsyncClient) -
     _, window = await _turns(api, thread_id)
     assert window[-1]["content"] == done["reply"]
 
-    body = {"model": "m", "messages": [{"role": "user", "content": "hello"}], **CHAT}
+    body = {"model": "steadychat", "messages": [{"role": "user", "content": "hello"}], **CHAT}
     whole = (await api.post("/v1/chat/completions", json=body)).json()
     assert whole["usage"]["completion_tokens"] > 0
     sse = await api.post("/v1/chat/completions", json={**body, "stream": True})
     chunks = [json.loads(d) for _, d in sse_events(sse.text) if d.startswith("{")]
     deltas = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert deltas == whole["choices"][0]["message"]["content"]
+    # What needs the in-process generate() is refused by name, never silently dropped.
+    tool = {"type": "function", "function": {"name": "f"}}
+    for extra, param in (({"tools": [tool]}, "tools"), ({"logprobs": True}, "logprobs")):
+        refused = await api.post("/v1/chat/completions", json={**body, **extra})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == param
 
 
 async def test_engine_down_is_503_with_retry_after_and_saves_nothing(
@@ -453,7 +459,7 @@ async def test_engine_down_is_503_with_retry_after_and_saves_nothing(
         assert answer.status_code == 503, answer.text
         assert int(answer.headers["retry-after"]) > 0
         assert answer.json()["error"]["code"] == "engine_unavailable"
-    v1 = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+    v1 = {"model": "steadychat", "messages": [{"role": "user", "content": "hello"}]}
     for extra in ({}, {"stream": True}):
         answer = await api.post("/v1/chat/completions", json={**v1, **extra})
         assert answer.status_code == 503, answer.text
@@ -503,7 +509,11 @@ async def test_client_disconnect_closes_the_engine_request(
         (f"/threads/{thread_id}/messages", {"content": "sing", "stream": True}),
         (
             "/v1/chat/completions",
-            {"model": "m", "stream": True, "messages": [{"role": "user", "content": "sing"}]},
+            {
+                "model": "steadychat",
+                "stream": True,
+                "messages": [{"role": "user", "content": "sing"}],
+            },
         ),
     ):
         relay.last = None

@@ -51,7 +51,11 @@ async def _v1(
     client: httpx.AsyncClient, generation: dict[str, Any], script: Script = nullcontext
 ) -> tuple[str, str]:
     """The concatenated deltas of a /v1 stream, then the content of the same call unstreamed."""
-    body = {"model": "m", "messages": [{"role": "user", "content": "help me"}], **generation}
+    body = {
+        "model": "steadychat",
+        "messages": [{"role": "user", "content": "help me"}],
+        **generation,
+    }
     with script():
         streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
     assert streamed.status_code == 200, streamed.text

@@ -41,7 +41,7 @@ async def test_a_bad_id_is_refused_alike_in_the_path_and_the_header(
         (
             await client.post(
                 "/v1/chat/completions",
-                json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                json={"model": "steadychat", "messages": [{"role": "user", "content": "hi"}]},
                 headers={"X-Thread-Id": thread_id.encode("utf-8")},
             ),
             "X-Thread-Id",
@@ -64,7 +64,7 @@ async def test_a_good_id_is_taken_by_the_header_and_then_the_path(
 ) -> None:
     response = await client.post(
         "/v1/chat/completions",
-        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        json={"model": "steadychat", "messages": [{"role": "user", "content": "hi"}]},
         headers={"X-Thread-Id": thread_id},
     )
     assert response.status_code == 200, response.text

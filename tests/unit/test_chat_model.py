@@ -133,15 +133,14 @@ def test_trailing_ai_message_is_accepted_by_this_template(tiny_chat_model: QwenC
 @pytest.mark.parametrize(
     ("messages", "match"),
     [
-        ([HumanMessage("x"), ToolMessage("42", tool_call_id="c1")], "not 'tool'"),
         ([], "at least one message"),
         (
             [HumanMessage(content=[{"type": "image_url", "image_url": {"url": "http://x"}}])],
             "text content only",
         ),
         (
-            [AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "1"}]), HumanMessage("x")],
-            "tool calls",
+            [AIMessage("", invalid_tool_calls=[{"name": "f", "args": "{", "id": "1"}])],
+            "invalid tool calls",
         ),
     ],
 )
@@ -150,6 +149,27 @@ def test_unsupported_messages_raise_value_error(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         tiny_chat_model.invoke(messages)
+
+
+def test_tool_calls_and_results_render_through_the_template(
+    tiny_chat_model: QwenChatModel,
+) -> None:
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    messages = [
+        HumanMessage("Where is order 7?"),
+        AIMessage("", tool_calls=[{"name": "lookup", "args": {"order": 7}, "id": "c1"}]),
+        ToolMessage("shipped", tool_call_id="c1"),
+    ]
+    with forced(tiny_chat_model, "done") as script:
+        reply = tiny_chat_model.invoke(messages, tools=tools)
+    assert reply.content == "done"
+    prompt = tiny_chat_model.tokenizer.decode(script.prompt_ids)
+    assert '<tools>\n{"type": "function", "function": {"name": "lookup"' in prompt
+    assert '<tool_call>\n{"name": "lookup", "arguments": {"order": 7}}\n</tool_call>' in prompt
+    assert "<|im_start|>user\n<tool_response>\nshipped\n</tool_response><|im_end|>" in prompt
+    assert tiny_chat_model.get_num_tokens_from_messages(messages, tools=tools) == len(
+        script.prompt_ids
+    )
 
 
 def test_text_blocks_are_joined(tiny_chat_model: QwenChatModel) -> None:

@@ -12,7 +12,7 @@ from langchain_core.outputs import ChatGenerationChunk
 from langgraph.runtime import Runtime
 from pydantic import PrivateAttr
 
-from nodes.context import Context
+from nodes.context import Context, with_cancel_event
 from nodes.errors import ContextOverflowError, TurnCancelled
 from nodes.generate_reply import REPLY_DELTA, make_generate_reply
 from nodes.state import ChatState, Snippet
@@ -27,7 +27,7 @@ def _snippet(text: str, *, turn: int, role: str, ident: str, score: float) -> Sn
 
 def _run(model: ScriptedChatModel, state: dict[str, Any], **ctx: Any) -> dict[str, Any]:
     node = make_generate_reply(model, profile_max_new_tokens=lambda _p: 10)
-    return node(state, Runtime(context=Context(**ctx)))  # type: ignore[arg-type]
+    return node(state, Runtime(context=Context(**ctx)), {})  # type: ignore[arg-type]
 
 
 def test_a_dropped_fact_is_not_reported_as_recalled_when_another_fact_of_its_turn_stays() -> None:
@@ -57,7 +57,7 @@ def test_a_profile_reply_length_never_takes_the_whole_context_window() -> None:
     model = ScriptedChatModel(default="fine")
     node = make_generate_reply(model, profile_max_new_tokens=lambda _p: 2048)
     state = {"messages": [HumanMessage("hello there", id="h1")], "turn": 1}
-    out = node(state, Runtime(context=Context(context_window=2048, profile="creative")))  # type: ignore[arg-type]
+    out = node(state, Runtime(context=Context(context_window=2048, profile="creative")), {})  # type: ignore[arg-type]
     account = out["context_account"]
     max_new = model.history[-1]["kwargs"]["max_new_tokens"]
     assert 0 < max_new < 2048
@@ -73,7 +73,7 @@ def test_the_prompt_is_counted_as_it_is_sent_when_thinking_is_switched_per_call(
     node = make_generate_reply(tiny_chat_model, profile_max_new_tokens=lambda _p: 4)
     state = {"messages": [HumanMessage("hello there", id="h1")], "turn": 1}
     ctx = Context(generation={"enable_thinking": False, "temperature": 0})
-    account = node(state, Runtime(context=ctx))["context_account"]  # type: ignore[arg-type]
+    account = node(state, Runtime(context=ctx), {})["context_account"]  # type: ignore[arg-type]
     assert account["usage"]["prompt_tokens"] == account["total"]
 
 
@@ -82,7 +82,7 @@ def test_a_reply_longer_than_the_window_is_refused_with_a_clear_message() -> Non
     state: ChatState = {"messages": [HumanMessage("hi", additional_kwargs={"turn": 1})], "turn": 1}
     ctx = Context(context_window=1024, max_new_tokens=4096)
     with pytest.raises(ContextOverflowError, match="leaves no room for the prompt"):
-        node(state, Runtime(context=ctx))
+        node(state, Runtime(context=ctx), {})
 
 
 def test_old_memos_are_dropped_before_the_state_block() -> None:
@@ -104,7 +104,7 @@ def test_old_memos_are_dropped_before_the_state_block() -> None:
         "turn": 41,
         "slots": slots,
     }
-    out = node(state, Runtime(context=Context(context_window=700)))
+    out = node(state, Runtime(context=Context(context_window=700)), {})
     account = out["context_account"]
     dropped = account["dropped"]
     assert "state" not in dropped
@@ -120,7 +120,7 @@ def test_the_reply_is_written_to_the_stream_as_it_is_saved() -> None:
     written: list[Any] = []
     node = make_generate_reply(model, profile_max_new_tokens=lambda _p: 32)
     state = {"messages": [HumanMessage("hi", id="h1")], "turn": 1}
-    out = node(state, Runtime(context=Context(), stream_writer=written.append))  # type: ignore[arg-type]
+    out = node(state, Runtime(context=Context(), stream_writer=written.append), {})  # type: ignore[arg-type]
     deltas = [event[REPLY_DELTA] for event in written]
     assert len(deltas) > 2  # piece by piece, not the whole reply at the end
     assert "".join(deltas) == out["messages"][0].content == "Hello there friend. Bye for now."
@@ -146,9 +146,9 @@ def test_a_cancelled_turn_stops_reading_and_closes_the_model_stream() -> None:
     cancel = threading.Event()
     node = make_generate_reply(model, profile_max_new_tokens=lambda _p: 64)
     state = {"messages": [HumanMessage("hi", id="h1")], "turn": 1}
-    runtime = Runtime(context=Context(cancel_event=cancel), stream_writer=lambda _e: cancel.set())
+    runtime = Runtime(context=Context(), stream_writer=lambda _e: cancel.set())
     with pytest.raises(TurnCancelled):
-        node(state, runtime)  # type: ignore[arg-type]
+        node(state, runtime, with_cancel_event({}, cancel))  # type: ignore[arg-type]
     assert model._closed.is_set()
     assert len(model._produced) < 10
     assert model.history[-1]["kwargs"]["cancel_event"] is cancel

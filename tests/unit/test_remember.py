@@ -10,7 +10,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from nodes.context import Context
+from nodes.context import Context, with_cancel_event
 from nodes.errors import ThreadDeletedError
 from nodes.memory import MemoryHit, MemoryRecord
 from nodes.remember import exchange_records, make_remember
@@ -185,7 +185,7 @@ def test_a_cancelled_turn_writes_nothing(memory: ChromaMemory) -> None:
         3, "my email is ann@example.com", "Noted.", slots={"email": slot("ann@example.com", 3)}
     )
     with pytest.raises(TurnCancelled):
-        node(state, Runtime(context=Context(user_id="ann", cancel_event=cancel)), config())
+        node(state, Runtime(context=Context(user_id="ann")), with_cancel_event(config(), cancel))
     assert memory.count(thread_id="t1") == 0
 
 

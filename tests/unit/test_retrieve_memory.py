@@ -228,3 +228,37 @@ def test_cross_thread_recall_keeps_top_k_memories_and_their_neighbours() -> None
         assert {s["text"].split()[1] for s in replies} == {s["text"].split()[-1] for s in users}, (
             cross
         )
+
+
+def _texts(out: dict[str, Any]) -> list[str]:
+    return [s["text"] for s in out["recalled"]]
+
+
+def test_diversity_recalls_something_new_instead_of_the_same_thing_again() -> None:
+    store = ChromaMemory.ephemeral(CharFrequencyEmbedder())
+    store.add(
+        [
+            rec("t1", 1, "Miso the cat hates the loud vacuum cleaner in the hall."),
+            rec("t1", 2, "Miso the cat still hates that loud vacuum cleaner, I said."),
+            rec("t1", 3, "Miso the cat sleeps on the warm radiator all afternoon."),
+            rec("t1", 4, "I renewed my passport at the town hall."),
+        ]
+    )
+    node = make_retrieve_memory(store)
+    state: ChatState = {"messages": [human("Tell me about Miso the cat and the vacuum.", 9)]}
+    plain = _texts(
+        node(
+            state,
+            Runtime(context=Context(memory_neighbours=0, top_k=2, memory_diversity=0.0)),
+            config(),
+        )
+    )
+    assert all("vacuum" in t for t in plain)
+    diverse = _texts(
+        node(
+            state,
+            Runtime(context=Context(memory_neighbours=0, top_k=2, memory_diversity=0.5)),
+            config(),
+        )
+    )
+    assert len(diverse) == 2 and any("radiator" in t for t in diverse)

@@ -65,12 +65,44 @@ def test_chat_template_renders_like_qwen3(tiny_model_path: Path) -> None:
     assert without_prompt.endswith("Hi<|im_end|>\n")
 
 
-def test_template_refuses_tool_roles(tiny_model_path: Path) -> None:
+def test_template_refuses_unknown_roles(tiny_model_path: Path) -> None:
     from jinja2 import TemplateError
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    with pytest.raises(TemplateError, match="only system, user and assistant"):
-        tokenizer.apply_chat_template([{"role": "tool", "content": "42"}], tokenize=False)
+    with pytest.raises(TemplateError, match="only system, user, assistant and tool"):
+        tokenizer.apply_chat_template([{"role": "function", "content": "42"}], tokenize=False)
+
+
+def test_template_renders_tools_as_qwen3_does(tiny_model_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    call = {"type": "function", "function": {"name": "add", "arguments": {"a": 1}}}
+    messages = [
+        {"role": "system", "content": "Be exact."},
+        {"role": "user", "content": "1+1?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "2"},
+    ]
+    prompt = tokenizer.apply_chat_template(
+        messages, tools=[tool], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt.startswith("<|im_start|>system\nBe exact.\n\n# Tools\n")
+    assert "<tools>\n" + json.dumps(tool) + "\n</tools>" in prompt
+    assert prompt.count("<|im_start|>system") == 1
+    assert prompt.endswith(
+        '<|im_start|>assistant\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n'
+        "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n2\n</tool_response>"
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_an_older_build_gets_the_current_template(tmp_path: Path) -> None:
+    from graph.tiny_model import QWEN3_STYLE_CHAT_TEMPLATE
+
+    folder = build_tiny_model(tmp_path / "old")
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    build_tiny_model(folder)
+    assert (folder / "chat_template.jinja").read_text() == QWEN3_STYLE_CHAT_TEMPLATE
 
 
 def test_same_seed_same_files_other_seed_other_weights(
