@@ -30,6 +30,7 @@ from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
 from pydantic import ConfigDict, PrivateAttr, model_validator
 
 from graph.engine import BatchedEngine, EngineSettings, engine_supports
+from graph.token_memo import TokenMemo
 from nodes.profiles import get_profile, resolve_generation
 from nodes.text import THINK_CLOSE, THINK_OPEN, ThinkStripper, held_prefix, message_text
 
@@ -253,6 +254,7 @@ class QwenChatModel(ChatHuggingFace):
 
     _generate_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _tokenizer_lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+    _token_memo: TokenMemo | None = PrivateAttr(default=None)
     _template_takes_thinking: bool = PrivateAttr(default=False)
     _engine: BatchedEngine | None = PrivateAttr(default=None)
     _engine_unavailable: str | None = PrivateAttr(default=None)
@@ -393,7 +395,10 @@ class QwenChatModel(ChatHuggingFace):
         """Token ids of ``text`` under the model's own tokenizer (no special tokens added)."""
         text = _SURROGATES.sub("\ufffd", text)
         with self._tokenizer_lock:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            memo = self._token_memo
+            if memo is None:
+                memo = self._token_memo = TokenMemo(self.tokenizer, self._tokenizer_lock)
+        return memo.token_ids(text)
 
     def get_num_tokens(self, text: str) -> int:
         """Number of tokens in ``text`` under the model's own tokenizer."""

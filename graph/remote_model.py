@@ -31,6 +31,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from graph.chat_model import StopSequenceFilter
 from graph.errors import EngineUnavailableError
 from graph.settings import Settings
+from graph.token_memo import TokenMemo
 from nodes.profiles import get_profile, resolve_generation
 from nodes.text import THINK_CLOSE, THINK_OPEN, ThinkStripper, message_text
 
@@ -218,6 +219,7 @@ class RemoteChatModel(BaseChatModel):
     """``Retry-After`` clients are told when the engine is unavailable."""
 
     _tokenizer_lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+    _token_memo: TokenMemo | None = PrivateAttr(default=None)
     _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _client: httpx.Client | None = PrivateAttr(default=None)
     _aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
@@ -301,7 +303,10 @@ class RemoteChatModel(BaseChatModel):
         """Token ids of ``text`` under the model's own tokenizer (no special tokens added)."""
         text = _SURROGATES.sub("\ufffd", text)
         with self._tokenizer_lock:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            memo = self._token_memo
+            if memo is None:
+                memo = self._token_memo = TokenMemo(self.tokenizer, self._tokenizer_lock)
+        return memo.token_ids(text)
 
     def get_num_tokens(self, text: str) -> int:
         """Number of tokens in ``text`` under the model's own tokenizer."""
