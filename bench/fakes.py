@@ -217,3 +217,39 @@ class FixedCostChatModel(BaseChatModel):
                 chunk_position="last",
             )
         )
+
+
+# Words of a support conversation, for synthetic user turns of a fixed shape.
+WORDS = [
+    "order",
+    "ticket",
+    "delivery",
+    "refund",
+    "account",
+    "password",
+    "address",
+    "price",
+    "week",
+    "month",
+    "help",
+    "question",
+    "answer",
+    "summary",
+    "memory",
+    "profile",
+    "thread",
+    "turn",
+    "token",
+    "good",
+    "great",
+    "new",
+    "old",
+    "parcel",
+    "late",
+    "where",
+]
+
+
+def sentence(i: int, n: int) -> str:
+    """A synthetic user turn of ``n`` words, the same for the same ``i``."""
+    return " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(n)) + "?"

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.fakes import FixedCostChatModel
+from bench.fakes import FixedCostChatModel, sentence
 from graph.compose import open_service
 from graph.settings import Settings
 
@@ -36,38 +36,10 @@ GOALS = {
     "last_token_to_close_ms_p50": 5.0,
     "first_byte_minus_first_token_ms_p50": 5.0,
 }
-WORDS = [
-    "order",
-    "ticket",
-    "delivery",
-    "refund",
-    "account",
-    "password",
-    "address",
-    "price",
-    "week",
-    "month",
-    "help",
-    "question",
-    "answer",
-    "summary",
-    "memory",
-    "profile",
-    "thread",
-    "turn",
-    "token",
-    "good",
-    "great",
-    "new",
-    "old",
-    "parcel",
-    "late",
-    "where",
-]
 
 
 def _sentence(i: int, n: int = 18) -> str:
-    return f"Turn {i}: " + " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(n)) + "?"
+    return f"Turn {i}: " + sentence(i, n)
 
 
 def _model() -> FixedCostChatModel:
