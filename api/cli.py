@@ -513,7 +513,7 @@ def state_command(args: argparse.Namespace) -> int:
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "name",
-        choices=["locomo", "long-conversation", "memory", "engine", "load", "planted"],
+        choices=["locomo", "long-conversation", "memory", "engine", "framework", "load", "planted"],
         help="which benchmark",
     )
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
@@ -532,6 +532,8 @@ def bench_command(args: argparse.Namespace) -> int:
         from bench import planted_answers as module  # type: ignore[no-redef]
     elif args.name == "engine":
         from bench import engine as module  # type: ignore[no-redef]
+    elif args.name == "framework":
+        from bench import framework as module  # type: ignore[no-redef]
     elif args.name == "load":
         from bench import load as module  # type: ignore[no-redef]
     else:

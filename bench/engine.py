@@ -24,40 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.fakes import sentence
 from graph.chat_model import QwenChatModel
 from graph.compose import open_service
 from graph.settings import Settings
 
 GOALS = {"concurrency_ratio": 3.0, "ttft_ratio": 1.5}
-WORDS = [
-    *[
-        "order",
-        "ticket",
-        "delivery",
-        "refund",
-        "account",
-        "password",
-        "address",
-        "price",
-        "week",
-        "month",
-        "help",
-    ],
-    *[
-        "question",
-        "answer",
-        "summary",
-        "memory",
-        "profile",
-        "thread",
-        "turn",
-        "token",
-        "good",
-        "great",
-        "new",
-        "old",
-    ],
-]
 
 
 def build_models(folder: Path) -> tuple[Path, Path]:
@@ -104,7 +76,7 @@ def load(path: Path, engine: str, **fields: Any) -> QwenChatModel:
 
 
 def _sentence(i: int, n: int = 14) -> str:
-    return " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(n)) + "?"
+    return sentence(i, n)
 
 
 async def concurrency(path: Path, engine: str, threads: int, tokens: int) -> dict[str, float]:

@@ -30,6 +30,7 @@ from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
 from pydantic import ConfigDict, PrivateAttr, model_validator
 
 from graph.engine import BatchedEngine, EngineSettings, engine_supports
+from graph.token_memo import TokenMemo
 from nodes.profiles import get_profile, resolve_generation
 from nodes.text import THINK_CLOSE, THINK_OPEN, ThinkStripper, held_prefix, message_text
 
@@ -215,6 +216,84 @@ class _ReplyTracker:
             self._emit(tail)
 
 
+@dataclass
+class CallOptions:
+    """What a chat model's call asks for, checked: the part every backend reads the same way."""
+
+    profile: str
+    generation: dict[str, Any]
+    stop: list[str]
+    seed: int | None
+    cancel_event: threading.Event | None
+
+
+def call_options(
+    model: Any, stop: list[str] | str | None, kwargs: dict[str, Any], accepted: frozenset[str]
+) -> CallOptions:
+    """Check a call's arguments against ``accepted`` and resolve them with the model's own.
+
+    Args:
+        model: The chat model (its ``model_id``, ``model_name``, ``default_profile`` and
+            sampling fields are the defaults).
+        stop: The call's stop sequences (the model's own when None).
+        kwargs: The call's other arguments.
+        accepted: The argument names the model takes.
+
+    Raises:
+        ValueError: An unknown argument, another model's name, or a malformed stop, seed or
+            cancel event.
+    """
+    name = type(model).__name__
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(
+            f"{name} got unsupported argument(s) {', '.join(unknown)}; accepted: "
+            f"{', '.join(sorted(accepted - {'stream_usage'}))}, stop"
+        )
+    requested = kwargs.get("model")
+    if requested is not None and requested not in {model.model_id, model.model_name}:
+        raise ValueError(
+            f"this {name} serves {model.model_name!r}; it cannot switch to {requested!r}"
+        )
+    profile = kwargs.get("profile") or model.default_profile
+    max_new = kwargs.get("max_new_tokens")
+    if max_new is None:
+        max_new = kwargs.get("max_tokens")
+    if max_new is None:
+        max_new = model.max_tokens
+
+    def pick(field_name: str) -> Any:
+        value = kwargs.get(field_name)
+        return getattr(model, field_name) if value is None else value
+
+    generation = resolve_generation(
+        profile,
+        temperature=pick("temperature"),
+        top_p=pick("top_p"),
+        top_k=pick("top_k"),
+        repetition_penalty=pick("repetition_penalty"),
+        max_new_tokens=max_new,
+    )
+    stops = stop if stop is not None else model.stop
+    if isinstance(stops, str):
+        stops = [stops]
+    if stops is not None and not all(isinstance(s, str) for s in stops):
+        raise ValueError("stop must be a string or a list of strings")
+    seed = pick("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    cancel_event = kwargs.get("cancel_event")
+    if cancel_event is not None and not isinstance(cancel_event, threading.Event):
+        raise ValueError("cancel_event must be a threading.Event")
+    return CallOptions(
+        profile=profile,
+        generation=generation,
+        stop=[s for s in (stops or []) if s],
+        seed=seed,
+        cancel_event=cancel_event,
+    )
+
+
 class QwenChatModel(ChatHuggingFace):
     """Chat model over a local transformers text-generation pipeline (Qwen3 by default).
 
@@ -253,6 +332,7 @@ class QwenChatModel(ChatHuggingFace):
 
     _generate_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _tokenizer_lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+    _token_memo: TokenMemo | None = PrivateAttr(default=None)
     _template_takes_thinking: bool = PrivateAttr(default=False)
     _engine: BatchedEngine | None = PrivateAttr(default=None)
     _engine_unavailable: str | None = PrivateAttr(default=None)
@@ -393,7 +473,10 @@ class QwenChatModel(ChatHuggingFace):
         """Token ids of ``text`` under the model's own tokenizer (no special tokens added)."""
         text = _SURROGATES.sub("\ufffd", text)
         with self._tokenizer_lock:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            memo = self._token_memo
+            if memo is None:
+                memo = self._token_memo = TokenMemo(self.tokenizer, self._tokenizer_lock)
+        return memo.token_ids(text)
 
     def get_num_tokens(self, text: str) -> int:
         """Number of tokens in ``text`` under the model's own tokenizer."""
@@ -423,47 +506,14 @@ class QwenChatModel(ChatHuggingFace):
 
     # ----------------------------------------------------------------- parameters
     def _call_params(self, stop: list[str] | None, kwargs: dict[str, Any]) -> _CallParams:
-        unknown = sorted(set(kwargs) - _CALL_KWARGS)
-        if unknown:
-            raise ValueError(
-                f"QwenChatModel got unsupported argument(s) {', '.join(unknown)}; accepted: "
-                f"{', '.join(sorted(_CALL_KWARGS - {'stream_usage'}))}, stop"
-            )
-        model = kwargs.get("model")
-        if model is not None and model not in {self.model_id, self.model_name}:
-            raise ValueError(
-                f"this QwenChatModel serves {self.model_name!r}; it cannot switch to {model!r}"
-            )
-        profile = kwargs.get("profile") or self.default_profile
-        max_new = kwargs.get("max_new_tokens")
-        if max_new is None:
-            max_new = kwargs.get("max_tokens")
-        if max_new is None:
-            max_new = self.max_tokens
+        common = call_options(self, stop, kwargs, _CALL_KWARGS)
+        generate_kwargs, stops, seed = common.generation, common.stop, common.seed
+        cancel_event, profile = common.cancel_event, common.profile
 
         def pick(name: str, instance_value: Any) -> Any:
             value = kwargs.get(name)
             return instance_value if value is None else value
 
-        generate_kwargs = resolve_generation(
-            profile,
-            temperature=pick("temperature", self.temperature),
-            top_p=pick("top_p", self.top_p),
-            top_k=pick("top_k", self.top_k),
-            repetition_penalty=pick("repetition_penalty", self.repetition_penalty),
-            max_new_tokens=max_new,
-        )
-        stops = stop if stop is not None else self.stop
-        if isinstance(stops, str):
-            stops = [stops]
-        if stops is not None and not all(isinstance(s, str) for s in stops):
-            raise ValueError("stop must be a string or a list of strings")
-        seed = pick("seed", self.seed)
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        cancel_event = kwargs.get("cancel_event")
-        if cancel_event is not None and not isinstance(cancel_event, threading.Event):
-            raise ValueError("cancel_event must be a threading.Event")
         decoding = {k: list(kwargs.get(k) or []) for k in ("logits_processor", "stopping_criteria")}
         # Grammars, penalties and logprobs run as generate()'s processors: the serialised path.
         decoding_reason = "logits processors" if any(decoding.values()) else None
@@ -480,7 +530,7 @@ class QwenChatModel(ChatHuggingFace):
         return _CallParams(
             generate_kwargs=generate_kwargs,
             max_new_tokens=generate_kwargs["max_new_tokens"],
-            stop=[s for s in (stops or []) if s],
+            stop=stops,
             # Any integer is a seed (OpenAI's is unbounded, negative included) while
             # transformers' set_seed takes 0 to 2**32 - 1: folding keeps every seed
             # deterministic instead of failing the call.

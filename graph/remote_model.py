@@ -28,10 +28,11 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from graph.chat_model import StopSequenceFilter
+from graph.chat_model import StopSequenceFilter, call_options
 from graph.errors import EngineUnavailableError
 from graph.settings import Settings
-from nodes.profiles import get_profile, resolve_generation
+from graph.token_memo import TokenMemo
+from nodes.profiles import get_profile
 from nodes.text import THINK_CLOSE, THINK_OPEN, ThinkStripper, message_text
 
 __all__ = ["EngineStatus", "RemoteChatModel", "load_remote_chat_model"]
@@ -218,6 +219,7 @@ class RemoteChatModel(BaseChatModel):
     """``Retry-After`` clients are told when the engine is unavailable."""
 
     _tokenizer_lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+    _token_memo: TokenMemo | None = PrivateAttr(default=None)
     _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _client: httpx.Client | None = PrivateAttr(default=None)
     _aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
@@ -301,7 +303,10 @@ class RemoteChatModel(BaseChatModel):
         """Token ids of ``text`` under the model's own tokenizer (no special tokens added)."""
         text = _SURROGATES.sub("\ufffd", text)
         with self._tokenizer_lock:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            memo = self._token_memo
+            if memo is None:
+                memo = self._token_memo = TokenMemo(self.tokenizer, self._tokenizer_lock)
+        return memo.token_ids(text)
 
     def get_num_tokens(self, text: str) -> int:
         """Number of tokens in ``text`` under the model's own tokenizer."""
@@ -327,47 +332,8 @@ class RemoteChatModel(BaseChatModel):
     def _prepare(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> _Call:
-        unknown = sorted(set(kwargs) - _CALL_KWARGS)
-        if unknown:
-            raise ValueError(
-                f"RemoteChatModel got unsupported argument(s) {', '.join(unknown)}; accepted: "
-                f"{', '.join(sorted(_CALL_KWARGS - {'stream_usage'}))}, stop"
-            )
-        model = kwargs.get("model")
-        if model is not None and model not in {self.model_id, self.model_name}:
-            raise ValueError(
-                f"this RemoteChatModel serves {self.model_name!r}; it cannot switch to {model!r}"
-            )
-        profile = kwargs.get("profile") or self.default_profile
-        max_new = kwargs.get("max_new_tokens")
-        if max_new is None:
-            max_new = kwargs.get("max_tokens")
-        if max_new is None:
-            max_new = self.max_tokens
-
-        def pick(name: str, instance_value: Any) -> Any:
-            value = kwargs.get(name)
-            return instance_value if value is None else value
-
-        generation = resolve_generation(
-            profile,
-            temperature=pick("temperature", self.temperature),
-            top_p=pick("top_p", self.top_p),
-            top_k=pick("top_k", self.top_k),
-            repetition_penalty=pick("repetition_penalty", self.repetition_penalty),
-            max_new_tokens=max_new,
-        )
-        stops = stop if stop is not None else self.stop
-        if isinstance(stops, str):
-            stops = [stops]
-        if stops is not None and not all(isinstance(s, str) for s in stops):
-            raise ValueError("stop must be a string or a list of strings")
-        seed = pick("seed", self.seed)
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        cancel_event = kwargs.get("cancel_event")
-        if cancel_event is not None and not isinstance(cancel_event, threading.Event):
-            raise ValueError("cancel_event must be a threading.Event")
+        common = call_options(self, stop, kwargs, _CALL_KWARGS)
+        generation, seed, cancel_event = common.generation, common.seed, common.cancel_event
 
         prompt = self._to_chat_prompt(messages, kwargs.get("enable_thinking"))
         prompt_tokens = self.get_num_tokens(prompt)
@@ -378,7 +344,7 @@ class RemoteChatModel(BaseChatModel):
                 f"{self.context_window}: shorten the conversation"
             )
         generation["max_new_tokens"] = min(int(generation["max_new_tokens"]), room)
-        wanted = [s for s in (stops or []) if s]
+        wanted = common.stop
         body = self._body(prompt, generation, wanted, None if seed is None else seed % _SEED_RANGE)
         tail = prompt[prompt.rfind("<|im_start|>") :] if "<|im_start|>" in prompt else prompt
         return _Call(

@@ -27,7 +27,9 @@ ROOT = Path(__file__).parents[2]
 # As the console script: `main` of api.cli, and no tests package to lean on.
 _CLI = "import sys; sys.modules['tests'] = None; from api.cli import main; sys.exit(main())"
 
-COVERED_HERE = {"chat", "serve", "replay", "state", "bench", "build-tiny-model"}
+COVERED_HERE = {
+    "chat", "serve", "replay", "state", "bench", "build-tiny-model", "sweep", "scrub",
+}  # fmt: skip
 
 
 def steadychat(
@@ -87,6 +89,16 @@ def test_documented_commands_run_from_a_clone(tmp_path: Path, isolated_data_dir:
     assert state["slots"]["name"]["value"] == "Ada Lovelace"
     done = steadychat("state", "nope", cwd=work)
     assert done.returncode == 1 and "no thread 'nope'" in done.stderr
+
+    # sweep [--days N]: t1 is not idle, so it stays; scrub (server stopped) keeps it too.
+    done = steadychat("sweep", "--days", "30", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "deleted 0 thread(s)" in done.stdout + done.stderr
+    done = steadychat("scrub", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "scrubbed" in done.stdout + done.stderr
+    done = steadychat("state", "t1", cwd=work)
+    assert done.returncode == 0 and json.loads(done.stdout)["slots"]["name"]["value"]
 
     # build-tiny-model PATH
     done = steadychat("build-tiny-model", str(tmp_path / "tiny"), cwd=work)
