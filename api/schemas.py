@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_
 
 from graph.views import CheckpointView, ThreadRecord, ThreadView, TurnResult
 from nodes.profiles import PROFILES
+from nodes.slots import slot_label
 
 # The names come from nodes.profiles: a Literal built from them validates, documents (an enum
 # in the OpenAPI document) and words its errors as a written-out one would. mypy cannot read a
@@ -79,6 +80,13 @@ class SlotPublic(BaseModel):
     source: str
     evidence: str
     history: list[SlotChangePublic]
+    label: str = ""
+    """How the slot reads to a person ("Order number", "Remember" for a memo)."""
+
+    @classmethod
+    def of(cls, name: str, slot: Mapping[str, Any]) -> SlotPublic:
+        """Build from a state slot and its name."""
+        return cls.model_validate({**slot, "label": slot_label(name)})
 
 
 class WindowMessagePublic(BaseModel):
@@ -108,7 +116,7 @@ class ThreadDetail(BaseModel):
         """Build from the service's ThreadView."""
         return cls(
             thread=ThreadPublic.of(view.info),
-            slots={name: SlotPublic.model_validate(slot) for name, slot in view.slots.items()},
+            slots={name: SlotPublic.of(name, slot) for name, slot in view.slots.items()},
             summary_l1=[dict(chunk) for chunk in view.summary_l1],
             summary_l2=dict(view.summary_l2) if view.summary_l2 else None,
             topic=view.topic,

@@ -387,7 +387,9 @@ _CLARIFY = re.compile(
     re.IGNORECASE,
 )
 _COURTESY = re.compile(
-    r"anything else|any other questions|what else can i|还有(?:什么|其他|别的)|还需要(?:什么|其他)",
+    r"anything else|any other questions|what else can i|how (?:can|may) i (?:help|assist)|"
+    r"what can i do for you|还有(?:什么|其他|别的)|还需要(?:什么|其他)|"
+    r"有什么(?:可以|能)?(?:帮|效劳)",
     re.IGNORECASE,
 )
 
@@ -408,11 +410,13 @@ def resolve_pending(
 ) -> list[PendingQuestion]:
     """Drop the pending questions the assistant's reply answered.
 
-    Heuristic: a question counts as answered when enough of its content terms appear in the
-    reply (30% for this turn's questions, 50% for older ones); a question without content
-    terms ("why?") is answered by the reply that follows it. Nothing is resolved when the reply
-    was cut off (``finish_reason == "length"``), is empty, or asks the user something back
-    (a clarifying question).
+    Heuristic: the reply that follows a turn's only question answers it (a direct answer
+    seldom repeats the question's words: "What is the capital of France?" "It is Paris."), and
+    so does the reply to a question without content terms ("why?"); otherwise a question
+    counts as answered when enough of its content terms appear in the reply (30% for this
+    turn's questions, 50% for older ones). Nothing is resolved when the reply was cut off
+    (``finish_reason == "length"``), is empty, or asks the user something back (a clarifying
+    question; a closing courtesy such as "How can I help?" does not count).
 
     Args:
         pending: ``state["pending_questions"]``.
@@ -428,10 +432,11 @@ def resolve_pending(
     if not pending or finish_reason == "length" or not reply or _asks_back(reply):
         return pending
     reply_terms = _terms(reply)
+    lone = sum(q["turn"] == turn for q in pending) == 1
     kept: list[PendingQuestion] = []
     for question in pending:
         question_terms = _terms(question["text"])
-        if not question_terms:
+        if not question_terms or (lone and question["turn"] == turn):
             answered = question["turn"] == turn
         else:
             share = 0.3 if question["turn"] == turn else 0.5

@@ -158,7 +158,7 @@ async def patch_slots(
     """Correct (string) or clear (null) slots; old values stay in each slot's history."""
     bind_thread(thread_id)
     slots = await service.update_slots(thread_id, body.slots, owner=owner)
-    return SlotsPublic(slots={n: SlotPublic.model_validate(s) for n, s in slots.items()})
+    return SlotsPublic(slots={n: SlotPublic.of(n, s) for n, s in slots.items()})
 
 
 @router.post(

@@ -1,8 +1,8 @@
 // steadychat web page: threads, streamed replies and the memory panel, over the REST API.
 "use strict";
 
-// Slider positions each profile starts from, read from the server (GET profiles) at start;
-// moving a slider overrides them.
+// Slider positions each profile sets, read from the server (GET profiles) at start; a slider
+// the user moves keeps the user's value until its reset button gives it back to the profile.
 const presets = new Map();
 const KEY_STORAGE = "steadychat.apiKey";
 const SETTINGS_STORAGE = "steadychat.generation";
@@ -475,7 +475,11 @@ function renderDetail(detail) {
 function renderSlots(slots) {
   const body = ui.slots.tBodies[0];
   body.replaceChildren();
-  const names = Object.keys(slots || {}).sort();
+  const names = Object.keys(slots || {}).sort((a, b) => {
+    const la = slots[a].label || a;
+    const lb = slots[b].label || b;
+    return la === lb ? a.localeCompare(b) : la.localeCompare(lb);
+  });
   for (const name of names) {
     const slot = slots[name];
     const history = slot.history || [];
@@ -491,7 +495,8 @@ function renderSlots(slots) {
       el(
         "tr",
         { attrs: { "data-slot": name } },
-        el("th", { text: name, attrs: { scope: "row" } }),
+        // A memo's name is an internal key: the label says what it is, the value what it says.
+        el("th", { text: slot.label || name, attrs: { scope: "row", title: name } }),
         value,
         el("td", { text: slot.turn }),
         el("td", { text: slot.source }),
@@ -503,8 +508,11 @@ function renderSlots(slots) {
   ui.slotsEmpty.hidden = names.length > 0;
 }
 
-function appendTerm(list, term, value) {
-  list.append(el("dt", { text: term }), el("dd", { text: value }));
+function appendTerm(list, term, value, key = null) {
+  list.append(
+    el("dt", { text: term }),
+    el("dd", { text: value, attrs: { "data-term": key } }),
+  );
 }
 
 function renderTracking(detail) {
@@ -513,7 +521,7 @@ function renderTracking(detail) {
   appendTerm(ui.tracking, "Topic", detail.topic || "—");
   appendTerm(ui.tracking, "Entities", detail.entities.length ? detail.entities.join(", ") : "—");
   const pending = detail.pending_questions.map((q) => `${q.text} (turn ${q.turn})`);
-  appendTerm(ui.tracking, "Open questions", pending.length ? pending.join("\n") : "—");
+  appendTerm(ui.tracking, "Open questions", pending.length ? pending.join("\n") : "—", "open");
 }
 
 function renderSummaries(detail) {
@@ -626,10 +634,50 @@ function renderAccount(account) {
 // ---------------------------------------------------------------------------------------------
 // Settings
 
+// The sliders a profile sets: the page's name, the element ids and the profile's field.
+const KNOBS = [
+  { key: "temperature", id: "temperature", field: "temperature", digits: 2 },
+  { key: "topP", id: "top-p", field: "top_p", digits: 2 },
+  { key: "maxTokens", id: "max-tokens", field: "max_new_tokens", digits: 0 },
+];
+// Sliders the user moved away from the profile's value: a profile change leaves them alone.
+const ownValues = new Set();
+
+function knobText(knob, value) {
+  return knob.digits ? Number(value).toFixed(knob.digits) : String(Number(value));
+}
+
+function presetValue(knob) {
+  const preset = presets.get(ui.profile.value);
+  return preset && preset[knob.field] !== undefined ? preset[knob.field] : null;
+}
+
 function showSliderValues() {
-  ui.temperatureValue.textContent = Number(ui.temperature.value).toFixed(2);
-  ui.topPValue.textContent = Number(ui.topP.value).toFixed(2);
-  ui.maxTokensValue.textContent = ui.maxTokens.value;
+  const profile = profileLabel(ui.profile.value || "");
+  for (const knob of KNOBS) {
+    const input = ui[knob.key];
+    const wanted = presetValue(knob);
+    // Moved back onto the profile's value: it is the profile's again.
+    if (wanted !== null && knobText(knob, input.value) === knobText(knob, wanted)) {
+      ownValues.delete(knob.key);
+    }
+    const own = ownValues.has(knob.key);
+    ui[`${knob.key}Value`].textContent = knobText(knob, input.value);
+    const source = ui[`${knob.key}Source`];
+    const reset = ui[`${knob.key}Reset`];
+    input.closest(".knob").dataset.source = own || wanted === null ? "user" : "profile";
+    if (wanted === null) {
+      source.textContent = "Your value.";
+      reset.hidden = true;
+    } else if (own) {
+      source.textContent = `Your value; ${profile} sets ${knobText(knob, wanted)}.`;
+      reset.textContent = `Use ${knobText(knob, wanted)}`;
+      reset.hidden = false;
+    } else {
+      source.textContent = `Set by profile ${profile}.`;
+      reset.hidden = true;
+    }
+  }
 }
 
 function saveSettings() {
@@ -638,6 +686,7 @@ function saveSettings() {
     temperature: ui.temperature.value,
     topP: ui.topP.value,
     maxTokens: ui.maxTokens.value,
+    own: [...ownValues],
   };
   localStorage.setItem(SETTINGS_STORAGE, JSON.stringify(settings));
 }
@@ -660,11 +709,10 @@ async function loadProfiles() {
 }
 
 function applyPreset() {
-  const preset = presets.get(ui.profile.value);
-  if (preset) {
-    ui.temperature.value = String(preset.temperature);
-    ui.topP.value = String(preset.top_p);
-    ui.maxTokens.value = String(preset.max_new_tokens);
+  // Only the sliders the user has not moved follow the profile.
+  for (const knob of KNOBS) {
+    const wanted = presetValue(knob);
+    if (wanted !== null && !ownValues.has(knob.key)) ui[knob.key].value = String(wanted);
   }
   showSliderValues();
 }
@@ -678,11 +726,20 @@ function loadSettings() {
   }
   if (saved && presets.has(saved.profile)) {
     ui.profile.value = saved.profile;
+    ownValues.clear();
+    for (const knob of KNOBS) {
+      const value = saved[knob.key];
+      if (value === undefined) continue; // saved before this slider existed: the profile's
+      // Settings saved before moved sliders were recorded: a value off the preset is the user's.
+      const own = Array.isArray(saved.own)
+        ? saved.own.includes(knob.key)
+        : presetValue(knob) === null || knobText(knob, value) !== knobText(knob, presetValue(knob));
+      if (own) {
+        ownValues.add(knob.key);
+        ui[knob.key].value = value;
+      }
+    }
     applyPreset();
-    // Settings saved before a slider existed keep that slider at the profile's preset.
-    if (saved.temperature !== undefined) ui.temperature.value = saved.temperature;
-    if (saved.topP !== undefined) ui.topP.value = saved.topP;
-    if (saved.maxTokens !== undefined) ui.maxTokens.value = saved.maxTokens;
   }
   showSliderValues();
 }
@@ -690,6 +747,19 @@ function loadSettings() {
 function onProfileChange() {
   applyPreset();
   saveSettings();
+}
+
+function onSliderInput(knob) {
+  ownValues.add(knob.key);
+  showSliderValues();
+  saveSettings();
+}
+
+function onSliderReset(knob) {
+  ownValues.delete(knob.key);
+  applyPreset();
+  saveSettings();
+  ui[knob.key].focus();
 }
 
 async function onApiKeyChange() {
@@ -739,6 +809,12 @@ async function start() {
     topPValue: "top-p-value",
     maxTokens: "max-tokens",
     maxTokensValue: "max-tokens-value",
+    temperatureSource: "temperature-source",
+    temperatureReset: "temperature-reset",
+    topPSource: "top-p-source",
+    topPReset: "top-p-reset",
+    maxTokensSource: "max-tokens-source",
+    maxTokensReset: "max-tokens-reset",
     apiKey: "api-key",
     keyForm: "key-form",
     chatTitle: "chat-title",
@@ -776,11 +852,9 @@ async function start() {
   ui.resetThread.addEventListener("click", onResetThread);
   ui.deleteThread.addEventListener("click", onDeleteThread);
   ui.profile.addEventListener("change", onProfileChange);
-  for (const slider of [ui.temperature, ui.topP, ui.maxTokens]) {
-    slider.addEventListener("input", () => {
-      showSliderValues();
-      saveSettings();
-    });
+  for (const knob of KNOBS) {
+    ui[knob.key].addEventListener("input", () => onSliderInput(knob));
+    ui[`${knob.key}Reset`].addEventListener("click", () => onSliderReset(knob));
   }
   ui.apiKey.addEventListener("change", onApiKeyChange);
   ui.keyForm.addEventListener("submit", (event) => event.preventDefault());

@@ -69,8 +69,18 @@ class PacedChatModel(ScriptedChatModel):
             yield chunk
 
 
+# Replies for a few user messages: a question met by a question back, answered a turn later.
+SCRIPTED_REPLIES = {
+    "What is your refund policy?": "Do you mean online orders or store purchases?",
+    "Online orders.": "Our refund policy allows returns within 30 days.",
+}
+
+
 def _respond(messages: list[BaseMessage]) -> str:
     user = next(str(m.content) for m in reversed(messages) if isinstance(m, HumanMessage))
+    for asked, reply in SCRIPTED_REPLIES.items():
+        if user.rstrip().endswith(asked):
+            return reply
     if FAIL_MARKER in user:
         return "Let me think about that FAIL and more words that never arrive"
     return f"Thank you for your message. {REPLY_TAIL}"
@@ -399,3 +409,88 @@ def test_profiles_and_their_presets_come_from_the_server(
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     expect(page.locator("#profile")).to_have_value("professional")
     expect(page.locator("#top-p-value")).to_have_text("0.80")
+
+
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1360, "height": 900}
+
+# Lines each slot-table heading is laid out on (one per line box of its text).
+_HEADING_LINES = """() => [...document.querySelectorAll("#slots thead th")].map((th) => {
+    const range = document.createRange();
+    range.selectNodeContents(th);
+    const tops = new Set([...range.getClientRects()].map((r) => Math.round(r.top)));
+    return [th.textContent, tops.size];
+})"""
+
+
+def _assert_readable_at(page: Page, size: dict[str, int]) -> None:
+    page.set_viewport_size(size)
+    page.reload()
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    expect(page.locator("#slots tbody tr")).not_to_have_count(0)
+    box = page.locator("#message").bounding_box()
+    assert box is not None
+    assert box["y"] >= 0 and box["y"] + box["height"] <= size["height"], (size, box)
+    send = page.locator("#send").bounding_box()
+    assert send is not None and send["y"] + send["height"] <= size["height"], (size, send)
+    lines = page.evaluate(_HEADING_LINES)
+    assert lines and all(n == 1 for _, n in lines), f"wrapped headings at {size}: {lines}"
+
+
+def test_page_reads_well_on_a_phone_and_a_desktop(page: Page, server: Server) -> None:
+    """Message box on the first screen, one-line headings, memos by their text, questions
+    leaving the open list once answered, and sliders the user moved kept across profiles."""
+    page.set_viewport_size(DESKTOP)
+    _open(page, server.base_url + "/")
+    page.locator("#api-key").fill(API_KEY)
+    page.locator("#api-key").press("Enter")
+
+    # A memo reads as what the user asked to remember, not as its internal key.
+    _send(page, "Remember that the spare key is under the blue flowerpot.")
+    memo = page.locator("#slots tbody tr[data-slot^='memo:']")
+    expect(memo).to_have_count(1)
+    expect(memo.locator("th")).to_have_text("Remember")
+    expect(memo.locator("td").first).to_have_text("the spare key is under the blue flowerpot")
+
+    # A question met by a question back stays open; once a reply answers it, it leaves.
+    open_questions = page.locator("#tracking dd[data-term='open']")
+    _send(page, "What is your refund policy?")
+    expect(_last_assistant(page).locator(".msg-content")).to_have_text(
+        SCRIPTED_REPLIES["What is your refund policy?"]
+    )
+    expect(open_questions).to_contain_text("What is your refund policy?")
+    _send(page, "Online orders.")
+    expect(_last_assistant(page).locator(".msg-content")).to_have_text(
+        SCRIPTED_REPLIES["Online orders."]
+    )
+    expect(open_questions).to_have_text("—")
+
+    # A slider the user moved keeps its value across a profile change and says so; the
+    # others follow the profile, and a reset gives the moved one back to it.
+    page.locator("#profile").select_option("creative")
+    expect(page.locator("#temperature-value")).to_have_text("0.90")
+    expect(page.locator("#temperature-source")).to_have_text("Set by profile Creative.")
+    page.locator("#temperature").focus()
+    page.keyboard.press("Home")
+    page.locator("#profile").select_option("professional")
+    expect(page.locator("#temperature-value")).to_have_text("0.00")
+    expect(page.locator("#temperature-source")).to_have_text("Your value; Professional sets 0.30.")
+    expect(page.locator("#top-p-value")).to_have_text("0.80")
+    expect(page.locator("#top-p-source")).to_have_text("Set by profile Professional.")
+    expect(page.locator("#temperature-reset")).to_be_visible()
+    expect(page.locator("#top-p-reset")).to_be_hidden()
+
+    # Both widths: the box to write in is on the first screen, the headings on one line, and
+    # the moved slider is still the user's after the reload.
+    for size in (DESKTOP, PHONE):
+        _assert_readable_at(page, size)
+        expect(page.locator("#temperature-value")).to_have_text("0.00")
+        expect(page.locator("#temperature-source")).to_contain_text("Your value")
+        expect(memo.locator("td").first).to_have_text("the spare key is under the blue flowerpot")
+    page.locator("#temperature-reset").click()
+    expect(page.locator("#temperature-value")).to_have_text("0.30")
+    expect(page.locator("#temperature-source")).to_have_text("Set by profile Professional.")
+    _send(page, "Hello")
+    expect(page.locator("#messages .msg.assistant:not(.streaming)")).to_have_count(4)
+    sent = server.model.history[-1]["kwargs"]
+    assert (sent["profile"], sent["temperature"], sent["top_p"]) == ("professional", 0.3, 0.8)

@@ -153,7 +153,23 @@ def test_pending_added_and_resolved_by_the_answering_reply() -> None:
 def test_chinese_question_resolved_by_chinese_answer() -> None:
     pending = add_pending([], detect_questions("退款政策是什么？"), 2)
     assert resolve_pending(pending, "我们的退款政策是30天内可以无理由退货。", "stop", 2) == []
-    assert resolve_pending(pending, "今天天气不错。", "stop", 2) == pending
+    # A later reply about something else does not answer it.
+    assert resolve_pending(pending, "今天天气不错。", "stop", 3) == pending
+
+
+def test_direct_answer_to_the_turns_only_question_resolves_it() -> None:
+    # Direct answers seldom repeat the question's words.
+    for question, reply in [
+        ("What is the capital of France?", "It is Paris."),
+        ("Where is my parcel?", "It left our warehouse yesterday and arrives on Friday."),
+        ("Hello, who are you?", "I am a helpful assistant. How can I help you today?"),
+        ("你叫什么名字？", "我是一个助手，有什么可以帮你的吗？"),
+    ]:
+        pending = add_pending([], detect_questions(question), 4)
+        assert pending, question
+        assert resolve_pending(pending, reply, "stop", 4) == [], question
+        # The same words a turn later are not its answer.
+        assert resolve_pending(pending, reply, "stop", 5) == pending, question
 
 
 def test_reply_cut_off_by_length_leaves_the_question_pending() -> None:
