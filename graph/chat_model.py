@@ -294,6 +294,46 @@ def call_options(
     )
 
 
+def render_chat_prompt(
+    model: Any,
+    dicts: list[dict[str, Any]],
+    enable_thinking: bool | None = None,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
+    """Messages (as chat-template dicts) rendered by the model's own template, for generation.
+
+    ``model`` is a chat model holding ``tokenizer``, ``_tokenizer_lock``, ``enable_thinking``
+    and ``_template_takes_thinking`` (the local and the remote model alike).
+    """
+    extra: dict[str, Any] = {}
+    thinking = model.enable_thinking if enable_thinking is None else enable_thinking
+    if thinking is not None and model._template_takes_thinking:
+        extra["enable_thinking"] = thinking
+    if tools:
+        extra["tools"] = tools
+    from jinja2 import TemplateError
+
+    try:
+        with model._tokenizer_lock:
+            return str(
+                model.tokenizer.apply_chat_template(
+                    dicts, tokenize=False, add_generation_prompt=True, **extra
+                )
+            )
+    except TemplateError as exc:
+        raise ValueError(f"the model's chat template rejected these messages: {exc}") from exc
+
+
+def memo_token_ids(model: Any, text: str) -> list[int]:
+    """Token ids of ``text`` under the model's tokenizer, through its (lazily made) token memo."""
+    text = _SURROGATES.sub("\ufffd", text)
+    with model._tokenizer_lock:
+        memo = model._token_memo
+        if memo is None:
+            memo = model._token_memo = TokenMemo(model.tokenizer, model._tokenizer_lock)
+    return list(memo.token_ids(text))
+
+
 class QwenChatModel(ChatHuggingFace):
     """Chat model over a local transformers text-generation pipeline (Qwen3 by default).
 
@@ -451,32 +491,11 @@ class QwenChatModel(ChatHuggingFace):
         if not messages:
             raise ValueError("at least one message is required")
         dicts = [self._to_chatml_format(message) for message in messages]
-        extra: dict[str, Any] = {}
-        thinking = self.enable_thinking if enable_thinking is None else enable_thinking
-        if thinking is not None and self._template_takes_thinking:
-            extra["enable_thinking"] = thinking
-        if tools:
-            extra["tools"] = tools
-        from jinja2 import TemplateError
-
-        try:
-            with self._tokenizer_lock:
-                return str(
-                    self.tokenizer.apply_chat_template(
-                        dicts, tokenize=False, add_generation_prompt=True, **extra
-                    )
-                )
-        except TemplateError as exc:
-            raise ValueError(f"the model's chat template rejected these messages: {exc}") from exc
+        return render_chat_prompt(self, dicts, enable_thinking, tools)
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` under the model's own tokenizer (no special tokens added)."""
-        text = _SURROGATES.sub("\ufffd", text)
-        with self._tokenizer_lock:
-            memo = self._token_memo
-            if memo is None:
-                memo = self._token_memo = TokenMemo(self.tokenizer, self._tokenizer_lock)
-        return memo.token_ids(text)
+        return memo_token_ids(self, text)
 
     def get_num_tokens(self, text: str) -> int:
         """Number of tokens in ``text`` under the model's own tokenizer."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
@@ -28,7 +27,14 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from graph.chat_model import StopSequenceFilter, call_options
+from graph.chat_model import (
+    _SURROGATES,
+    StopSequenceFilter,
+    _PassThrough,
+    call_options,
+    memo_token_ids,
+    render_chat_prompt,
+)
 from graph.errors import EngineUnavailableError
 from graph.settings import Settings
 from graph.token_memo import TokenMemo
@@ -41,7 +47,6 @@ log = logging.getLogger(__name__)
 
 # Lone UTF-16 surrogates are valid in a Python str but not in UTF-8 (nor in the JSON an engine
 # parses); they become U+FFFD, as a UTF-8 decoder would make them.
-_SURROGATES = re.compile("[\ud800-\udfff]")
 _SEED_RANGE = 2**32
 _STATUS_TIMEOUT_S = 3.0
 _RETRY_STATUSES = frozenset({408, 425, 429})
@@ -97,14 +102,6 @@ class _Call:
     prompt_tokens: int
     cancel_event: threading.Event | None
     in_think: bool
-
-
-class _PassThrough:
-    def feed(self, text: str) -> str:
-        return text
-
-    def finish(self) -> str:
-        return ""
 
 
 class _Reply:
@@ -283,30 +280,11 @@ class RemoteChatModel(BaseChatModel):
         if not messages:
             raise ValueError("at least one message is required")
         dicts = [self._to_chatml_format(message) for message in messages]
-        extra: dict[str, Any] = {}
-        thinking = self.enable_thinking if enable_thinking is None else enable_thinking
-        if thinking is not None and self._template_takes_thinking:
-            extra["enable_thinking"] = thinking
-        from jinja2 import TemplateError
-
-        try:
-            with self._tokenizer_lock:
-                return str(
-                    self.tokenizer.apply_chat_template(
-                        dicts, tokenize=False, add_generation_prompt=True, **extra
-                    )
-                )
-        except TemplateError as exc:
-            raise ValueError(f"the model's chat template rejected these messages: {exc}") from exc
+        return render_chat_prompt(self, dicts, enable_thinking)
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` under the model's own tokenizer (no special tokens added)."""
-        text = _SURROGATES.sub("\ufffd", text)
-        with self._tokenizer_lock:
-            memo = self._token_memo
-            if memo is None:
-                memo = self._token_memo = TokenMemo(self.tokenizer, self._tokenizer_lock)
-        return memo.token_ids(text)
+        return memo_token_ids(self, text)
 
     def get_num_tokens(self, text: str) -> int:
         """Number of tokens in ``text`` under the model's own tokenizer."""
