@@ -141,7 +141,9 @@ def start_api(
         "STEADYCHAT_API_KEYS": "",
         **env,
     }
-    command = [sys.executable, "-m", "api.cli", "serve", "--model", model]
+    # ``bench.memtrace`` runs the same CLI with tracemalloc snapshots (``bench load --memtrace``).
+    launcher = "bench.memtrace" if full.get("STEADYCHAT_MEMTRACE_DIR") else "api.cli"
+    command = [sys.executable, "-m", launcher, "serve", "--model", model]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("w") as out:
         process = subprocess.Popen(

@@ -309,6 +309,11 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="reply length")
     parser.add_argument("--postgres-url", help="an existing PostgreSQL (else one is started)")
     parser.add_argument("--chroma-url", help="an existing Chroma server (else one is started)")
+    parser.add_argument(
+        "--memtrace",
+        action="store_true",
+        help="trace each process's Python allocations (slower) and write what grew to --out",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results/load", help="folder for JSON and PNG")
 
@@ -333,14 +338,31 @@ def main(argv: list[str] | None = None) -> int:
                 "STEADYCHAT_MAX_NEW_TOKENS": str(args.max_new_tokens),
                 "STEADYCHAT_LOG_LEVEL": "warning",
             }
+            if args.memtrace:
+                env["STEADYCHAT_MEMTRACE_DIR"] = str(folder / "memtrace")
+                env["STEADYCHAT_MEMTRACE_EVERY"] = str(max(args.sample_every, 30.0))
             with api_processes(folder, args.processes, env=env, model=args.model) as apis:
                 result = asyncio.run(_drive(args, apis))
+            if args.memtrace:
+                _memtrace_reports(folder / "memtrace", Path(args.out), args.warmup)
     out = Path(args.out)
     (out / "load.json").write_text(json.dumps(result, indent=2) + "\n")
     summary = {k: v for k, v in result.items() if k != "rss_samples"}
     json.dump(summary, sys.stdout, indent=2)
     print()
     return 0
+
+
+def _memtrace_reports(folder: Path, out: Path, warmup_s: float) -> None:
+    from bench.memtrace import report
+
+    for traced in sorted(p for p in folder.glob("*") if p.is_dir()):
+        text = report(traced, warmup_s)
+        (out / f"memtrace_{traced.name}.txt").write_text(text)
+        if (traced / "counters.jsonl").exists():
+            (out / f"memtrace_{traced.name}.jsonl").write_text(
+                (traced / "counters.jsonl").read_text()
+            )
 
 
 def _postgres(url: str | None, folder: Path) -> Any:

@@ -24,6 +24,11 @@ DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 
 _DEFAULT_ALIASES = {"default", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 _FAKE_ALIASES = {"hash", "fake", "char", "char-frequency"}
+_PADDING = {"text": {"pad_to_multiple_of": 16}}
+"""Texts are padded to a multiple of 16 tokens, so the encoder sees a few input shapes rather
+than one per text length. On CPU, oneDNN compiles and caches a kernel for each new shape (up to
+1,024 of them), which made a worker's resident memory grow with every new text length;
+padding does not change the vectors (pooling ignores padded positions)."""
 
 
 def default_model_path() -> str:
@@ -90,6 +95,7 @@ class SentenceTransformerEmbedder:
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=False,
+                processing_kwargs=_PADDING,
             )
         return [[float(x) for x in row] for row in vectors]
 

@@ -108,3 +108,25 @@ def test_load_embedder_resolves_names(minilm: SentenceTransformerEmbedder) -> No
 def test_load_embedder_reports_a_missing_model_path(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="no-such-model"):
         load_embedder(str(tmp_path / "no-such-model"))
+
+
+def test_minilm_pads_texts_to_few_shapes_without_changing_vectors(
+    minilm: SentenceTransformerEmbedder,
+) -> None:
+    # Each new input shape costs a worker memory for good (CPU kernels are compiled and cached
+    # per shape), so texts of 60 different lengths must reach the encoder as a few shapes.
+    widths: list[int] = []
+    hook = minilm._model[0].register_forward_pre_hook(
+        lambda _module, args: widths.append(int(args[0]["input_ids"].shape[1]))
+    )
+    texts = [" ".join(["word"] * n) for n in range(1, 61)]
+    try:
+        vectors = [minilm.embed_query(text) for text in texts]
+    finally:
+        hook.remove()
+    assert len(widths) == len(texts)
+    assert {w % 16 for w in widths} == {0}
+    assert len(set(widths)) <= 5
+    unpadded = minilm._model.encode(texts, normalize_embeddings=True, batch_size=1)
+    pairs = zip(vectors, unpadded, strict=True)
+    assert all(_cosine(v, [float(x) for x in u]) > 0.99999 for v, u in pairs)

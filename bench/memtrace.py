@@ -1,0 +1,155 @@
+"""Where a worker's memory goes: tracemalloc snapshots of an API process over a load run.
+
+``steadychat bench load --memtrace`` starts each API process through this module instead of
+``python -m api.cli`` directly. Once the service answers ``/readyz``, tracemalloc starts and a
+daemon thread writes, every ``STEADYCHAT_MEMTRACE_EVERY`` seconds, a snapshot of the Python
+heap (``snap-<seconds>.tm``) and a line of counters (``counters.jsonl``: resident memory,
+traced bytes, live objects, the largest object counts by type and the sizes of the
+service's bounded caches) into ``STEADYCHAT_MEMTRACE_DIR/<name of its data dir>``.
+``report`` then compares the first snapshot after warm-up with the last one: what grew, by
+line and by call stack.
+
+Python allocations are what tracemalloc sees; growth of resident memory without growth of
+traced bytes points at native memory (the allocator's arenas, torch, Chroma's Rust client).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import runpy
+import sys
+import threading
+import time
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+__all__ = ["report"]
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cache_sizes() -> dict[str, int]:
+    """Entries held by the service's bounded caches, where they are already imported."""
+    sizes: dict[str, int] = {}
+    for module_name, names in (
+        ("store.lexical", ("tokenize_doc",)),
+        ("nodes.text", ("stem",)),
+    ):
+        module = sys.modules.get(module_name)
+        for name in names:
+            info = getattr(getattr(module, name, None), "cache_info", None)
+            if info is not None:
+                sizes[f"{module_name}.{name}"] = info().currsize
+    return sizes
+
+
+def _counters(started: float) -> dict[str, Any]:
+    by_type: Counter[str] = Counter(type(o).__name__ for o in gc.get_objects())
+    current, peak = tracemalloc.get_traced_memory()
+    return {
+        "t": round(time.monotonic() - started, 1),
+        "rss_kib": _rss_kib(),
+        "traced_kib": current // 1024,
+        "traced_peak_kib": peak // 1024,
+        "gc_objects": sum(by_type.values()),
+        "top_types": dict(by_type.most_common(25)),
+        "caches": _cache_sizes(),
+    }
+
+
+def _wait_ready(port: str) -> None:
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1.0)
+
+
+def _sampler(folder: Path, every: float, port: str, frames: int) -> None:
+    # Tracing starts once the service is ready: loading the model under tracemalloc takes
+    # minutes, and what a soak looks for is what accumulates after start-up.
+    _wait_ready(port)
+    tracemalloc.start(frames)
+    started = time.monotonic()
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        time.sleep(every)
+        row = _counters(started)
+        tracemalloc.take_snapshot().dump(str(folder / f"snap-{int(row['t']):06d}.tm"))
+        with (folder / "counters.jsonl").open("a") as out:
+            out.write(json.dumps(row) + "\n")
+
+
+def report(folder: Path, warmup_s: float, top: int = 30) -> str:
+    """What grew between the first snapshot after ``warmup_s`` and the last one, as text."""
+    snaps = sorted(folder.glob("snap-*.tm"))
+    after = [p for p in snaps if int(p.stem.split("-")[1]) >= warmup_s]
+    if len(after) < 2:
+        return f"{folder}: fewer than two snapshots after warm-up\n"
+    first, last = after[0], after[-1]
+    older = tracemalloc.Snapshot.load(str(first))
+    newer = tracemalloc.Snapshot.load(str(last))
+    lines = [f"# {folder.name}: {first.name} -> {last.name}"]
+    rows = [json.loads(line) for line in (folder / "counters.jsonl").read_text().splitlines()]
+    kept = [r for r in rows if r["t"] >= warmup_s]
+    if kept:
+        a, b = kept[0], kept[-1]
+        lines.append(
+            f"rss {a['rss_kib']} -> {b['rss_kib']} KiB; traced {a['traced_kib']} -> "
+            f"{b['traced_kib']} KiB; objects {a['gc_objects']} -> {b['gc_objects']}"
+        )
+        grown = {
+            k: b["top_types"].get(k, 0) - a["top_types"].get(k, 0)
+            for k in set(a["top_types"]) | set(b["top_types"])
+        }
+        lines.append(
+            "object counts grown: "
+            + ", ".join(f"{k} {v:+d}" for k, v in sorted(grown.items(), key=lambda kv: -kv[1])[:12])
+        )
+        lines.append(f"caches: {a['caches']} -> {b['caches']}")
+    lines.append("\n## by line")
+    for stat in newer.compare_to(older, "lineno")[:top]:
+        lines.append(str(stat))
+    lines.append("\n## by call stack (largest growth)")
+    for stat in newer.compare_to(older, "traceback")[: max(5, top // 3)]:
+        lines.append(f"{stat.size_diff / 1024:+.1f} KiB, {stat.count_diff:+d} blocks")
+        lines.extend("    " + line for line in stat.traceback.format(limit=12))
+    return "\n".join(lines) + "\n"
+
+
+def _port(argv: list[str]) -> str:
+    return argv[argv.index("--port") + 1] if "--port" in argv else "8000"
+
+
+def main() -> None:
+    """Trace allocations, then run ``python -m api.cli`` with the remaining arguments."""
+    frames = int(os.environ.get("STEADYCHAT_MEMTRACE_FRAMES", "12"))
+    # One folder per process, named as its data dir (api0, api1, ...).
+    folder = (
+        Path(os.environ["STEADYCHAT_MEMTRACE_DIR"])
+        / Path(os.environ.get("STEADYCHAT_DATA_DIR", "api")).name
+    )
+    every = float(os.environ.get("STEADYCHAT_MEMTRACE_EVERY", "60"))
+    threading.Thread(
+        target=_sampler, args=(folder, every, _port(sys.argv), frames), daemon=True
+    ).start()
+    sys.argv = ["api.cli", *sys.argv[1:]]
+    runpy.run_module("api.cli", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
