@@ -85,9 +85,8 @@ class ThreadOperations(ServiceCore):
         await self._record(thread_id, owner)
         # Tombstone first so that nothing new starts, then stop a running turn, then wipe.
         await self.registry.mark_deleted(thread_id)
-        running = self._running.get(thread_id)
-        if running is not None:
-            running.set()
+        # A turn of another process sees the tombstone itself (``graph.running``).
+        self._running.stop(thread_id)
         async with self._locks.hold(thread_id):
             await self.checkpointer.adelete_thread(thread_id)
             if self.memory is not None:
