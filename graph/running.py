@@ -100,6 +100,7 @@ class RunningTurns:
 
     async def _watch_deletions(self) -> None:
         assert self.poll_s is not None
+        failing = False
         while self._events:
             await asyncio.sleep(self.poll_s)
             ids = [t for t, event in self._events.items() if not event.is_set()]
@@ -109,10 +110,14 @@ class RunningTurns:
             try:
                 deleted = await self.registry.deleted_among(ids)
             except Exception:
-                # The next period reads again: a tombstone stays until it is seen.
-                log.warning("could not read the registry for deleted threads", exc_info=True)
+                # The next period reads again: a tombstone stays until it is seen. One warning
+                # per outage, not one per period.
+                if not failing:
+                    log.warning("could not read the registry for deleted threads", exc_info=True)
+                failing = True
                 continue
             finally:
                 self._reading = False
+            failing = False
             for thread_id in deleted:
                 self.stop(thread_id)
