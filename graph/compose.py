@@ -22,6 +22,7 @@ from graph.loading import load_chat_model
 from graph.locks import TurnLocks
 from graph.memory_writes import DeferredWrites
 from graph.remote_model import RemoteChatModel, load_remote_chat_model
+from graph.running import DELETION_POLL_S
 from graph.service import ChatService
 from graph.settings import Settings
 from nodes.context import Context
@@ -121,9 +122,11 @@ async def open_service(
         registry = await stack.enter_async_context(open_thread_registry(url))
         locks: TurnLocks | None = None
         keys: PostgresIdempotencyStore | None = None
+        deletion_poll_s: float | None = None
         if parse_store_url(url).kind == "postgres":
-            # Several API processes may share this database: one turn at a time per thread
-            # and Idempotency-Keys hold across all of them.
+            # Several API processes may share this database: one turn at a time per thread,
+            # Idempotency-Keys and a deletion stopping a running turn hold across all of them.
+            deletion_poll_s = DELETION_POLL_S
             locks = await stack.enter_async_context(
                 open_postgres_locks(url, max_connections=settings.lock_connections)
             )
@@ -139,6 +142,7 @@ async def open_service(
             keep_checkpoints=settings.keep_checkpoints,
             locks=locks,
             keys=keys,
+            deletion_poll_s=deletion_poll_s,
         )
         if settings.retention_idle_days is not None:
             sweeper = asyncio.create_task(_sweep_forever(service, settings))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +14,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from graph.errors import ThreadNotFoundError
 from graph.locks import ThreadLocks, TurnLocks
+from graph.running import RunningTurns
 from nodes.context import Context
 from nodes.memory import MemoryStore
 from nodes.state import ChatState
@@ -59,6 +59,10 @@ class ServiceCore:
             processes on one database need ``PostgresThreadLocks``.
         keys: Idempotency-Key results shared by every process on the database, or None (the
             API keeps them per process).
+        deletion_poll_s: Seconds between two looks at the registry for tombstones of the
+            threads this process runs turns on, so that a deletion made by another process
+            stops them (``graph.running.RunningTurns``); None when this process is the only
+            one (its own deletions stop its turns directly).
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class ServiceCore:
         keep_checkpoints: int = 20,
         locks: TurnLocks | None = None,
         keys: PostgresIdempotencyStore | None = None,
+        deletion_poll_s: float | None = None,
     ) -> None:
         self.graph = graph
         self.chat_model = chat_model
@@ -83,8 +88,8 @@ class ServiceCore:
         self.keep_checkpoints = keep_checkpoints
         self._locks: TurnLocks = locks if locks is not None else ThreadLocks()
         self.keys = keys
-        self._running: dict[str, threading.Event] = {}
-        """Cancel events of the turns running now, by thread (a deletion stops its turn)."""
+        self._running = RunningTurns(registry, poll_s=deletion_poll_s)
+        """The turns running now, by thread: a deletion, here or elsewhere, stops its turn."""
 
     @property
     def waiting_turns(self) -> int:

@@ -81,13 +81,17 @@ class ThreadOperations(ServiceCore):
         return list(records), total
 
     async def delete_thread(self, thread_id: str, *, owner: str | None = None) -> None:
-        """Delete checkpoints, vectors and slots; later writes to it raise ThreadNotFoundError."""
+        """Delete checkpoints, vectors and slots; later writes to it raise ThreadNotFoundError.
+
+        A turn running on the thread, in this process or in another one sharing the registry
+        (``graph.running``), is stopped first and saves nothing; the deletion then waits for it
+        to give the thread back, a moment rather than the rest of its generation.
+        """
         await self._record(thread_id, owner)
         # Tombstone first so that nothing new starts, then stop a running turn, then wipe.
         await self.registry.mark_deleted(thread_id)
-        running = self._running.get(thread_id)
-        if running is not None:
-            running.set()
+        # A turn of another process sees the tombstone itself (``graph.running``).
+        self._running.stop(thread_id)
         async with self._locks.hold(thread_id):
             await self.checkpointer.adelete_thread(thread_id)
             if self.memory is not None:
@@ -123,7 +127,11 @@ class ThreadOperations(ServiceCore):
                 return deleted
 
     async def reset_thread(self, thread_id: str, *, owner: str | None = None) -> ThreadRecord:
-        """Clear the thread's state, vectors and slots but keep the thread (same id, title)."""
+        """Clear the thread's state, vectors and slots but keep the thread (same id, title).
+
+        A turn running on the thread (in any process) is not stopped: the reset waits for it
+        and clears what it saved.
+        """
         await self._record(thread_id, owner)
         async with self._locks.hold(thread_id):
             await self.checkpointer.adelete_thread(thread_id)

@@ -121,13 +121,10 @@ class TurnRunner(ServiceCore):
                     raise TurnCancelledError("the turn was cancelled")
                 if owner is not None and ctx.user_id == Context().user_id:
                     ctx = replace(ctx, user_id=owner)
-                self._running[thread_id] = cancel_event
-                try:
+                with self._running.running(thread_id, cancel_event):
                     result = await self._run_locked(
                         thread_id, text, ctx, cancel_event, timestamp, queue
                     )
-                finally:
-                    self._running.pop(thread_id, None)
                 await queue.put(TurnEvent(type="done", result=result))
         except ThreadBusy:
             busy = ThreadBusyError(f"a turn is already running on thread {thread_id!r}")
@@ -209,7 +206,14 @@ class TurnRunner(ServiceCore):
         usage.setdefault("prompt_tokens", int(account.get("total", 0)))
         usage.setdefault("completion_tokens", 0)
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        await self.registry.touch(thread_id, turns=turn)
+        try:
+            await self.registry.touch(thread_id, turns=turn)
+        except ThreadDeletedError as exc:
+            # Deleted (by another process) after the turn's last token: as for a deletion
+            # during it, nothing of the turn stays, and the deletion wipes the rest once this
+            # turn gives the lock back.
+            await self._rollback(thread_id, before if before_id else None)
+            raise ThreadNotFoundError(f"thread {thread_id!r} was deleted") from exc
         await self._prune(thread_id)
         return TurnResult(
             thread_id=thread_id,

@@ -6,7 +6,7 @@ import asyncio
 import builtins
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -146,6 +146,10 @@ class ThreadRegistry(ABC):
     @abstractmethod
     async def _idle(self, before: datetime, limit: int) -> builtins.list[str]:
         """Ids of live rows last updated before ``before``, least recently updated first."""
+
+    @abstractmethod
+    async def _tombstoned(self, thread_ids: builtins.list[str]) -> set[str]:
+        """Which of these ids carry a tombstone, in one read."""
 
     # -- the API -----------------------------------------------------------------------------
     def _now(self) -> datetime:
@@ -310,6 +314,25 @@ class ThreadRegistry(ABC):
         record = await self._get(thread_id)
         return record is not None and record.is_deleted
 
+    async def deleted_among(self, thread_ids: Iterable[str]) -> set[str]:
+        """The ids among ``thread_ids`` that carry a tombstone, in one read of the primary key.
+
+        This is what a process running turns asks, a few times a second, to learn that another
+        process deleted one of their threads.
+
+        Args:
+            thread_ids: Thread ids (duplicates are fine).
+
+        Returns:
+            The deleted ones (ids never registered are not).
+        """
+        ids = sorted(set(thread_ids))
+        for thread_id in ids:
+            _check_id(thread_id)
+        if not ids:
+            return set()
+        return await self._tombstoned(ids)
+
 
 # -- in memory --------------------------------------------------------------------------------
 
@@ -361,6 +384,9 @@ class InMemoryThreadRegistry(ThreadRegistry):
         idle = [r for r in self._rows.values() if not r.is_deleted and r.updated_at < before]
         idle.sort(key=lambda r: (r.updated_at, r.thread_id))
         return [r.thread_id for r in idle[:limit]]
+
+    async def _tombstoned(self, thread_ids: builtins.list[str]) -> set[str]:
+        return {t for t in thread_ids if (r := self._rows.get(t)) is not None and r.is_deleted}
 
 
 # -- SQL back ends ----------------------------------------------------------------------------
@@ -518,6 +544,19 @@ class SqliteThreadRegistry(ThreadRegistry):
             rows = await cur.fetchall()
         return [str(r[0]) for r in rows]
 
+    async def _tombstoned(self, thread_ids: builtins.list[str]) -> set[str]:
+        marks = ", ".join("?" for _ in thread_ids)
+        async with (
+            self._lock,
+            self.conn.execute(
+                f"SELECT thread_id FROM {TABLE} "
+                f"WHERE thread_id IN ({marks}) AND deleted_at IS NOT NULL",
+                thread_ids,
+            ) as cur,
+        ):
+            rows = await cur.fetchall()
+        return {str(r[0]) for r in rows}
+
 
 class PostgresThreadRegistry(ThreadRegistry):
     """A registry table in PostgreSQL (the checkpoints' database), for several processes.
@@ -657,6 +696,16 @@ class PostgresThreadRegistry(ThreadRegistry):
             )
             rows = await cur.fetchall()
         return [str(r[0]) for r in rows]
+
+    async def _tombstoned(self, thread_ids: builtins.list[str]) -> set[str]:
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                f"SELECT thread_id FROM {TABLE} "
+                "WHERE thread_id = ANY(%s) AND deleted_at IS NOT NULL",
+                (thread_ids,),
+            )
+            rows = await cur.fetchall()
+        return {str(r[0]) for r in rows}
 
 
 @asynccontextmanager

@@ -119,7 +119,7 @@ async def get_thread(thread_id: ThreadId, service: ServiceDep, owner: OwnerDep) 
 async def delete_thread(
     thread_id: ThreadId, service: ServiceDep, owner: OwnerDep, request: Request
 ) -> Response:
-    """Delete a thread with its checkpoints, memories and slots."""
+    """Delete a thread with its checkpoints, memories and slots; a turn running on it stops."""
     bind_thread(thread_id)
     await service.delete_thread(thread_id, owner=owner)
     await request.app.state.idempotency.forget_thread(owner=owner, thread_id=thread_id)
@@ -131,7 +131,7 @@ async def delete_thread(
 async def reset_thread(
     thread_id: ThreadId, service: ServiceDep, owner: OwnerDep, request: Request
 ) -> ThreadPublic:
-    """Clear a thread's state, memories and slots, keeping its id and title."""
+    """Clear a thread's state, memories and slots (after a running turn); id and title stay."""
     bind_thread(thread_id)
     thread = await service.reset_thread(thread_id, owner=owner)
     await request.app.state.idempotency.forget_thread(owner=owner, thread_id=thread_id)

@@ -265,3 +265,28 @@ async def test_slot_corrections_keep_checkpoints_bounded(tmp_path: Path) -> None
             await service.update_slots("t", {"name": f"Ada {i}"})
         assert len(await service.history("t", limit=100)) <= 3
         assert (await service.get_thread("t")).slots["name"]["value"] == "Ada 7"
+
+
+async def test_a_deletion_elsewhere_seen_only_after_the_last_token_saves_nothing(tmp_path: Path):
+    loop = asyncio.get_running_loop()
+    parts: dict[str, ChatService] = {}
+
+    def deleted_elsewhere_meanwhile(messages: list[BaseMessage]) -> str:
+        # Another process tombstones the thread while this reply is generated; this process
+        # learns it only from the registry, when the turn records itself.
+        registry = parts["service"].registry
+        asyncio.run_coroutine_threadsafe(registry.mark_deleted("t"), loop).result(10)
+        return "A reply nobody will read."
+
+    model = ScriptedChatModel(responder=deleted_elsewhere_meanwhile).enqueue("First reply.")
+    settings = Settings(data_dir=tmp_path, embedder="hash", context_window=2048, max_new_tokens=128)
+    async with open_service(settings, chat_model=model) as service:
+        parts["service"] = service
+        await service.create_thread(thread_id="t")
+        await service.run_turn("t", "Hello there.")
+        # For the client the thread is gone, not a failed turn, and the turn left nothing.
+        with pytest.raises(ThreadNotFoundError):
+            await service.run_turn("t", "And a second question?")
+        values = (await service.graph.aget_state({"configurable": {"thread_id": "t"}})).values
+        assert values["turn"] == 1
+        assert "And a second question?" not in repr(values["messages"])

@@ -139,6 +139,21 @@ async def test_deleting_an_unregistered_id_still_blocks_it(registry: ThreadRegis
         await registry.create("never", owner="o")
 
 
+async def test_deleted_among_names_only_the_tombstoned_ids(registry: ThreadRegistry) -> None:
+    for thread_id in ("live", "gone", "also-gone"):
+        await registry.create(thread_id, owner="o")
+    assert await registry.deleted_among(["live", "gone", "never"]) == set()
+    await registry.mark_deleted("gone")
+    await registry.mark_deleted("also-gone")
+    await registry.mark_deleted("unregistered")
+    found = await registry.deleted_among(["live", "gone", "gone", "also-gone", "never"])
+    assert found == {"gone", "also-gone"}
+    assert await registry.deleted_among(["unregistered", "live"]) == {"unregistered"}
+    assert await registry.deleted_among([]) == set()
+    with pytest.raises(ValueError, match="thread_id"):
+        await registry.deleted_among(["live", ""])
+
+
 async def test_unknown_thread_and_bad_input_raise_clear_errors(registry: ThreadRegistry) -> None:
     with pytest.raises(UnknownThreadError):
         await registry.touch("nope", turns=1)
