@@ -138,6 +138,8 @@ class MigrationReport:
     """Records of deleted threads found in the source and not copied."""
     embedder: str | None = None
     """The embedder that made the vectors (from the memory collection's metadata)."""
+    target_checked: list[str] = field(default_factory=list)
+    """A dry run's target parts that answered ("PostgreSQL", "Chroma")."""
     verified: bool = False
 
     def summary(self) -> list[str]:
@@ -151,6 +153,8 @@ class MigrationReport:
             f"vectors: {vectors}" + (f" ({per_collection})" if per_collection else ""),
         ]
         if self.dry_run:
+            if self.target_checked:
+                lines.append(f"target: {' and '.join(self.target_checked)} answer")
             lines.append("dry run: nothing was written")
             return lines
         lines.append(
@@ -650,6 +654,11 @@ def _source_collections(client: ClientAPI) -> list[Collection]:
 # -- the run -----------------------------------------------------------------------------------
 
 
+def _every(total: int) -> int:
+    """How often a pass over ``total`` threads reports: about ten times, at most every 100."""
+    return max(1, min(100, total // 10))
+
+
 @dataclass
 class _Plan:
     threads: list[_ThreadPlan]
@@ -697,7 +706,7 @@ async def _plan(
                 writes=sum(len(t.pending_writes or []) for t in history),
             )
         )
-        if i % 100 == 0 or i == len(ids):
+        if i % _every(len(ids)) == 0 or i == len(ids):
             progress(f"threads: {i}/{len(ids)} compared")
     deleted_ids = {t.thread_id for t in threads if t.deleted}
     overwritten = {t.thread_id for t in threads if t.action == "overwrite"} if overwrite else set()
@@ -779,8 +788,10 @@ async def migrate(
         if dry_run:
             if checkpointer_url is not None:
                 await _reach_postgres(checkpointer_url, connect_timeout)
+                report.target_checked.append("PostgreSQL")
             if chroma_url is not None:
                 await _reach_chroma(chroma_url)
+                report.target_checked.append("Chroma")
             plan = await _plan(src, None, overwrite=False, batch_size=batch_size, progress=say)
             _count(report, plan)
             return report
@@ -831,7 +842,7 @@ async def _copy(
         # The record last: a run that stops before it resumes this thread next time.
         if thread.record is not None:
             await target.registry.put_record(thread.record)
-        if i % 100 == 0 or i == len(todo):
+        if i % _every(len(todo)) == 0 or i == len(todo):
             progress(f"threads: {i}/{len(todo)} copied")
     collections = {c.name: c for c in await asyncio.to_thread(_source_collections, source.chroma)}
     for cplan in plan.collections:
