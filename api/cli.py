@@ -585,7 +585,7 @@ def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
         "Stop the server of the source first. Exit codes: 0 copied and verified (or counted "
         "with --dry-run), 1 the target does not match after the copy, 2 a missing, invalid or "
         "busy source, or an unreachable target, 3 the target holds other content for some "
-        "threads (nothing written; see --overwrite)."
+        "threads (nothing written; see --overwrite), 130 interrupted (run it again to resume)."
     )
     parser.add_argument(
         "--from",

@@ -103,7 +103,8 @@ def run_migrate(
     Returns:
         The exit code: 0 when the copy is verified (or the dry run counted), 1 when the target
         does not match after the copy, 2 for a missing, invalid or busy source or an
-        unreachable target, 3 when the target holds other content (without ``overwrite``).
+        unreachable target, 3 when the target holds other content (without ``overwrite``),
+        130 when interrupted (a later run resumes).
     """
     from store.checkpointer import parse_store_url
     from store.migration import ConflictError, MigrationError, Source, VerificationError, migrate
@@ -146,6 +147,9 @@ def run_migrate(
                 progress=progress,
             )
         )
+    except KeyboardInterrupt:
+        print("steadychat migrate: interrupted; run it again to resume", file=err)
+        return 130
     except ConflictError as exc:
         print(f"steadychat migrate: {exc}", file=err)
         return 3

@@ -160,8 +160,8 @@ async def _build(folder: Path, model: Any) -> Embedded:
             checkpoints += len([t async for t in saver.alist({"configurable": {"thread_id": tid}})])
     async with _serving(settings, model) as (service, clients):
         picture = await _picture(clients)
-        recall = await asyncio.to_thread(_search, service.memory, ada)
         assert service.memory is not None
+        recall = await asyncio.to_thread(_search, service.memory, ada)
         vectors = await asyncio.to_thread(service.memory.count)
     assert any("flowerpot" in text for _, text in recall)
     return Embedded(
