@@ -33,6 +33,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from store.checkpointer import open_checkpointer, parse_store_url
+from store.scrub import CHROMA_FILE
 from store.threads import TABLE as REGISTRY_TABLE
 from store.threads import SqliteThreadRegistry, ThreadRecord, ThreadRegistry, open_thread_registry
 from store.vector_memory import (
@@ -210,10 +211,6 @@ async def _open_source(source: Source) -> AsyncIterator[_SourceStore]:
     path = source.checkpoints
     if not path.is_file():
         raise SourceError(f"no checkpoints file at {path} (give the data dir with --from)")
-    if not source.chroma.is_dir():
-        raise SourceError(
-            f"no Chroma store at {source.chroma} (give its folder with --from-chroma-path)"
-        )
     async with aiosqlite.connect(str(path), timeout=0.0) as conn:
         try:
             await conn.execute("PRAGMA locking_mode = EXCLUSIVE")
@@ -232,6 +229,10 @@ async def _open_source(source: Source) -> AsyncIterator[_SourceStore]:
             raise SourceError(f"{path} is not a SQLite database ({exc})") from None
         if not {"checkpoints", "writes"} <= tables:
             raise SourceError(f"{path} holds no LangGraph checkpoints (not a steadychat data dir)")
+        if not (source.chroma / CHROMA_FILE).is_file():
+            raise SourceError(
+                f"no Chroma store at {source.chroma} (give its folder with --from-chroma-path)"
+            )
         registry = SqliteThreadRegistry(conn) if REGISTRY_TABLE in tables else None
         async with conn.execute("SELECT DISTINCT thread_id FROM checkpoints") as cur:
             checkpointed = sorted(str(row[0]) for row in await cur.fetchall())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from api.cli import main
 from store.checkpointer import open_sync_checkpointer
+from store.vector_memory import local_client
 
 UNREACHABLE_PG = "postgresql://postgres@127.0.0.1:9/steadychat"
 UNREACHABLE_CHROMA = "http://127.0.0.1:9"
@@ -34,7 +36,7 @@ def data_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "data"
     with open_sync_checkpointer(f"sqlite:///{folder / 'checkpoints.sqlite'}"):
         pass
-    (folder / "chroma").mkdir()
+    local_client(folder / "chroma").heartbeat()
     return folder
 
 
@@ -76,7 +78,8 @@ def test_a_database_without_checkpoints_is_refused(
 def test_a_missing_chroma_folder_is_refused(
     capsys: pytest.CaptureFixture[str], data_dir: Path
 ) -> None:
-    (data_dir / "chroma").rmdir()
+    shutil.rmtree(data_dir / "chroma")
+    (data_dir / "chroma").mkdir()  # a folder, but no Chroma store in it
     code, _, err = _run(capsys, "--from", str(data_dir), *_targets())
     assert code == 2
     assert "no Chroma store at" in _one_line(err) and "--from-chroma-path" in err
