@@ -9,13 +9,14 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import psycopg
 import pytest
 
@@ -29,7 +30,7 @@ from nodes.memory import MemoryRecord
 from store.checkpointer import open_checkpointer
 from store.embeddings import load_embedder
 from store.migration import Source, SourceError, TargetError, migrate
-from store.vector_memory import DEFAULT_COLLECTION, ChromaMemory, http_client
+from store.vector_memory import DEFAULT_COLLECTION, ChromaMemory, http_client, local_client
 from tests.fakes import ScriptedChatModel
 from tests.postgres_server import create_database
 
@@ -38,6 +39,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 ROOT = Path(__file__).parents[2]
 KEYS = {"alpha": "key-alpha", "beta": "key-beta"}
 QUESTION = "spare key hidden flowerpot"
+PLANTED = "planted:0:fact"
 
 
 def _settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -92,6 +94,11 @@ async def _picture(clients: dict[str, httpx.AsyncClient]) -> dict[str, Any]:
             history = await _ok(await client.get(f"/threads/{tid}/history?limit=1000"))
             seen[tenant]["history"][tid] = history["data"]
     return seen
+
+
+def _vectors(client: Any) -> dict[str, Any]:
+    got = client.get_collection(DEFAULT_COLLECTION).get(include=["embeddings"])
+    return dict(zip(got["ids"], got["embeddings"], strict=True))
 
 
 def _search(memory: Any, thread_id: str) -> list[tuple[str, str]]:
@@ -158,6 +165,14 @@ async def _build(folder: Path, model: Any) -> Embedded:
         checkpoints = 0
         for tid in (ada, bob, quiet):
             checkpoints += len([t async for t in saver.alist({"configurable": {"thread_id": tid}})])
+    # A vector that no embedder made: the target must hold this one, not an embedding of its text.
+    memory = local_client(folder / "chroma").get_collection(DEFAULT_COLLECTION)
+    memory.upsert(
+        ids=[PLANTED],
+        embeddings=np.eye(1, memory.metadata["dimension"], 7, dtype=np.float32),
+        documents=["a record whose vector no embedder made"],
+        metadatas=[{"thread_id": "planted", "user_id": "u", "turn": 0, "role": "fact"}],
+    )
     async with _serving(settings, model) as (service, clients):
         picture = await _picture(clients)
         assert service.memory is not None
@@ -170,13 +185,13 @@ async def _build(folder: Path, model: Any) -> Embedded:
 
 
 @pytest.fixture(scope="module")
-def embedded(tiny_chat_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+def embedded(tiny_chat_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Embedded:
     """Built once per module by running turns through the API; tests migrate copies of it."""
     with pytest.MonkeyPatch.context() as env:
         for name in list(os.environ):
             if name.startswith("STEADYCHAT_"):
                 env.delenv(name)
-        yield asyncio.run(_build(tmp_path_factory.mktemp("embedded") / "data", tiny_chat_model))
+        return asyncio.run(_build(tmp_path_factory.mktemp("embedded") / "data", tiny_chat_model))
 
 
 def _steadychat(*args: str) -> subprocess.CompletedProcess[str]:
@@ -253,6 +268,13 @@ async def test_a_migrated_deployment_serves_the_same_threads_memories_and_histor
         assert "copied: 4 thread(s)" in done.stdout
         assert "verified: the target holds every thread, checkpoint and vector" in done.stdout
         assert "threads: 4/4 copied" in done.stderr  # progress
+        # The stored embeddings came, not new ones: the planted vector is there as it was.
+        mine = _vectors(local_client(source.chroma))
+        theirs = _vectors(http_client(chroma.url))
+        assert mine.keys() == theirs.keys() and PLANTED in theirs
+        for doc_id, vector in mine.items():
+            assert np.allclose(theirs[doc_id], vector, atol=1e-6), doc_id
+        assert int(np.argmax(theirs[PLANTED])) == 7 and np.count_nonzero(theirs[PLANTED]) == 1
 
         # A second run finds everything in place and writes nothing.
         before = await asyncio.to_thread(_dump_target, postgres_db, chroma.url)
