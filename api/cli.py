@@ -573,6 +573,90 @@ def scrub_command(args: argparse.Namespace) -> int:
     return run_scrub(settings)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Stop the server of the source first. Exit codes: 0 copied and verified (or counted "
+        "with --dry-run), 1 the target does not match after the copy, 2 a missing, invalid or "
+        "busy source, or an unreachable target, 3 the target holds other content for some "
+        "threads (nothing written; see --overwrite), 130 interrupted (run it again to resume)."
+    )
+    parser.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="DATA_DIR",
+        help="data dir of the embedded deployment (default: STEADYCHAT_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--from-checkpoints",
+        type=Path,
+        metavar="FILE",
+        help="its SQLite checkpoints file (default: DATA_DIR/checkpoints.sqlite)",
+    )
+    parser.add_argument(
+        "--from-chroma-path",
+        type=Path,
+        metavar="DIR",
+        help="its local Chroma folder (default: STEADYCHAT_CHROMA_PATH or DATA_DIR/chroma)",
+    )
+    parser.add_argument(
+        "--to-checkpointer-url",
+        metavar="URL",
+        help="target PostgreSQL, postgresql://... (default: STEADYCHAT_CHECKPOINTER_URL)",
+    )
+    parser.add_argument(
+        "--to-chroma-url",
+        metavar="URL",
+        help="target Chroma server, http://host:port (default: STEADYCHAT_CHROMA_URL)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace threads and records that the target holds with other content",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="only count what would be copied; write nothing"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=500,
+        help="Chroma records per read and write (default 500)",
+    )
+
+
+@subcommand(
+    "migrate",
+    help="move an embedded deployment (SQLite + local Chroma) to PostgreSQL + a Chroma server",
+    arguments=_migrate_arguments,
+)
+def migrate_command(args: argparse.Namespace) -> int:
+    """``steadychat migrate``: copy threads, history, registry and vectors; verify the copy."""
+    settings = _settings_from_args(args)
+    if settings is None:
+        return 2
+    from api.maintenance import run_migrate
+
+    return run_migrate(
+        settings,
+        data_dir=args.source,
+        checkpoints=args.from_checkpoints,
+        chroma_path=args.from_chroma_path,
+        checkpointer_url=args.to_checkpointer_url,
+        chroma_url=args.to_chroma_url,
+        overwrite=args.overwrite,
+        dry_run=args.dry_run,
+        batch_size=args.batch_size,
+    )
+
+
 # ----------------------------------------------------------------------------- tiny model
 
 

@@ -1,15 +1,16 @@
-"""Maintenance commands on a deployment's data: the retention sweep and the offline scrub."""
+"""Maintenance commands on a deployment's data: retention sweep, offline scrub, migration."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import TextIO
 
 from graph.settings import Settings
 
-__all__ = ["run_scrub", "run_sweep"]
+__all__ = ["run_migrate", "run_scrub", "run_sweep"]
 
 
 def run_sweep(settings: Settings, *, days: float | None = None, out: TextIO = sys.stdout) -> int:
@@ -75,4 +76,89 @@ def run_scrub(settings: Settings, *, out: TextIO = sys.stdout) -> int:
     except ScrubError as exc:
         print(f"steadychat scrub: {exc} (stop the server first)", file=sys.stderr)
         return 1
+    return 0
+
+
+def run_migrate(
+    settings: Settings,
+    *,
+    data_dir: Path | None = None,
+    checkpoints: Path | None = None,
+    chroma_path: Path | None = None,
+    checkpointer_url: str | None = None,
+    chroma_url: str | None = None,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    batch_size: int = 500,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Move an embedded deployment to PostgreSQL and a Chroma server (``steadychat migrate``).
+
+    What is not given comes from the settings: the source is ``data_dir`` (its
+    ``checkpoints.sqlite``, or the SQLite file of ``STEADYCHAT_CHECKPOINTER_URL``, and
+    ``STEADYCHAT_CHROMA_PATH`` or ``data_dir/chroma``), the target
+    ``STEADYCHAT_CHECKPOINTER_URL`` (when it is a PostgreSQL URL) and ``STEADYCHAT_CHROMA_URL``.
+
+    Returns:
+        The exit code: 0 when the copy is verified (or the dry run counted), 1 when the target
+        does not match after the copy, 2 for a missing, invalid or busy source or an
+        unreachable target, 3 when the target holds other content (without ``overwrite``),
+        130 when interrupted (a later run resumes).
+    """
+    from store.checkpointer import parse_store_url
+    from store.migration import ConflictError, MigrationError, Source, VerificationError, migrate
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+
+    configured = parse_store_url(settings.resolved_checkpointer_url())
+    if checkpoints is None and data_dir is None and configured.kind == "sqlite":
+        checkpoints = Path(configured.location)
+    folder = data_dir if data_dir is not None else settings.data_dir
+    source = Source.of_data_dir(
+        folder, checkpoints=checkpoints, chroma=chroma_path or settings.chroma_path
+    )
+    if checkpointer_url is None and configured.kind == "postgres":
+        checkpointer_url = configured.location
+    chroma_url = chroma_url or settings.chroma_url
+    if not dry_run:
+        missing = []
+        if checkpointer_url is None:
+            missing.append("--to-checkpointer-url URL (or STEADYCHAT_CHECKPOINTER_URL)")
+        if chroma_url is None:
+            missing.append("--to-chroma-url URL (or STEADYCHAT_CHROMA_URL)")
+        if missing:
+            print(f"steadychat migrate: give {' and '.join(missing)}", file=err)
+            return 2
+
+    def progress(line: str) -> None:
+        print(line, file=err, flush=True)
+
+    try:
+        report = asyncio.run(
+            migrate(
+                source,
+                checkpointer_url=checkpointer_url,
+                chroma_url=chroma_url,
+                overwrite=overwrite,
+                dry_run=dry_run,
+                batch_size=batch_size,
+                progress=progress,
+            )
+        )
+    except KeyboardInterrupt:
+        print("steadychat migrate: interrupted; run it again to resume", file=err)
+        return 130
+    except ConflictError as exc:
+        print(f"steadychat migrate: {exc}", file=err)
+        return 3
+    except VerificationError as exc:
+        print(f"steadychat migrate: {exc}", file=err)
+        return 1
+    except MigrationError as exc:
+        print(f"steadychat migrate: {exc}", file=err)
+        return 2
+    for line in report.summary():
+        print(line, file=out)
     return 0

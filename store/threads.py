@@ -151,6 +151,10 @@ class ThreadRegistry(ABC):
     async def _tombstoned(self, thread_ids: builtins.list[str]) -> set[str]:
         """Which of these ids carry a tombstone, in one read."""
 
+    @abstractmethod
+    async def _after(self, thread_id: str | None, limit: int) -> builtins.list[ThreadRecord]:
+        """Rows (tombstones included) whose id sorts after ``thread_id``, in id order."""
+
     # -- the API -----------------------------------------------------------------------------
     def _now(self) -> datetime:
         """The clock in UTC, made strictly increasing so that "newest first" has no ties."""
@@ -333,6 +337,73 @@ class ThreadRegistry(ABC):
             return set()
         return await self._tombstoned(ids)
 
+    async def read(self, thread_id: str) -> ThreadRecord | None:
+        """The thread's record as stored, tombstone included (None for ids never registered)."""
+        _check_id(thread_id)
+        return await self._get(thread_id)
+
+    async def records(self, *, batch: int = 500) -> AsyncIterator[ThreadRecord]:
+        """Every record, tombstones included, in id order (to copy a registry elsewhere).
+
+        Args:
+            batch: Rows read per query.
+
+        Yields:
+            The records.
+        """
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive integer, got {batch!r}")
+        last: str | None = None
+        while True:
+            page = await self._after(last, batch)
+            for record in page:
+                yield record
+            if len(page) < batch:
+                return
+            last = page[-1].thread_id
+
+    async def put_record(self, record: ThreadRecord) -> bool:
+        """Store a record exactly as given (a copy from another registry), dates included.
+
+        A row of the same id is overwritten. Unlike ``create``, nothing is stamped: the
+        record's own dates, turns and tombstone are kept.
+
+        Args:
+            record: The record; a tombstone may have the empty owner of an id that was never
+                registered.
+
+        Returns:
+            False when the stored row was already equal to ``record``.
+
+        Raises:
+            ValueError: An empty id, an empty owner on a live record, naive datetimes, a
+                non-string title, negative turns or metadata that is not JSON.
+        """
+        _check_id(record.thread_id)
+        if not record.is_deleted:
+            _check_owner(record.owner)
+        _check_title(record.title)
+        _check_turns(record.turns)
+        stamps = [record.created_at, record.updated_at, record.deleted_at]
+        if any(stamp is not None and stamp.tzinfo is None for stamp in stamps):
+            raise ValueError("record datetimes must be timezone-aware")
+        record = replace(
+            record,
+            metadata=_normalise_metadata(record.metadata),
+            created_at=record.created_at.astimezone(UTC),
+            updated_at=record.updated_at.astimezone(UTC),
+            deleted_at=record.deleted_at.astimezone(UTC) if record.deleted_at else None,
+        )
+        async with self._transaction() as tx:
+            existing = await self._read(tx, record.thread_id)
+            if existing == record:
+                return False
+            if existing is None:
+                await self._insert(tx, record)
+            else:
+                await self._update(tx, record)
+            return True
+
 
 # -- in memory --------------------------------------------------------------------------------
 
@@ -387,6 +458,10 @@ class InMemoryThreadRegistry(ThreadRegistry):
 
     async def _tombstoned(self, thread_ids: builtins.list[str]) -> set[str]:
         return {t for t in thread_ids if (r := self._rows.get(t)) is not None and r.is_deleted}
+
+    async def _after(self, thread_id: str | None, limit: int) -> builtins.list[ThreadRecord]:
+        ids = sorted(i for i in self._rows if thread_id is None or i > thread_id)
+        return [self._rows[i] for i in ids[:limit]]
 
 
 # -- SQL back ends ----------------------------------------------------------------------------
@@ -557,6 +632,17 @@ class SqliteThreadRegistry(ThreadRegistry):
             rows = await cur.fetchall()
         return {str(r[0]) for r in rows}
 
+    async def _after(self, thread_id: str | None, limit: int) -> builtins.list[ThreadRecord]:
+        async with (
+            self._lock,
+            self.conn.execute(
+                f"SELECT {_COLUMNS} FROM {TABLE} WHERE thread_id > ? ORDER BY thread_id LIMIT ?",
+                (thread_id or "", limit),
+            ) as cur,
+        ):
+            rows = await cur.fetchall()
+        return [self._record(r) for r in rows]
+
 
 class PostgresThreadRegistry(ThreadRegistry):
     """A registry table in PostgreSQL (the checkpoints' database), for several processes.
@@ -706,6 +792,19 @@ class PostgresThreadRegistry(ThreadRegistry):
             )
             rows = await cur.fetchall()
         return {str(r[0]) for r in rows}
+
+    async def _after(self, thread_id: str | None, limit: int) -> builtins.list[ThreadRecord]:
+        from psycopg.rows import dict_row
+
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            # COLLATE "C": byte order, the order SQLite and Python sort ids in.
+            await cur.execute(
+                f'SELECT {_COLUMNS} FROM {TABLE} WHERE thread_id COLLATE "C" > %s '
+                'ORDER BY thread_id COLLATE "C" LIMIT %s',
+                (thread_id or "", limit),
+            )
+            rows = await cur.fetchall()
+        return [self._record(r) for r in rows]
 
 
 @asynccontextmanager

@@ -29,11 +29,24 @@ from nodes.memory import Embedder, MemoryHit, MemoryRecord
 from nodes.text import terms, word_key
 from store.lexical import KeywordIndex, tokenize_doc
 
-__all__ = ["DEFAULT_COLLECTION", "ChromaMemory", "stamp_text"]
+__all__ = [
+    "DEFAULT_COLLECTION",
+    "JOURNAL_SUFFIX",
+    "TOMBSTONES_SUFFIX",
+    "ChromaMemory",
+    "http_client",
+    "journal_deletion",
+    "local_client",
+    "stamp_text",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_COLLECTION = "steadychat_memory"
+TOMBSTONES_SUFFIX = "_deleted"
+"""``<collection>_deleted`` holds one record per deleted thread (its id is the thread id)."""
+JOURNAL_SUFFIX = "_journal"
+"""``<collection>_journal`` lists recent deletions for the keyword indexes of other processes."""
 _RESERVED = frozenset(
     {"thread_id", "user_id", "turn", "role", "timestamp", "written_at", "write_id"}
 )
@@ -78,6 +91,69 @@ def stamp_text(text: str, timestamp: str | None) -> str:
 def _settings() -> Settings:
     # Telemetry would try to reach the network (and wait) on every client start.
     return Settings(anonymized_telemetry=False)
+
+
+def local_client(path: str | Path) -> ClientAPI:
+    """A Chroma client over a local folder (``PersistentClient``; one writer process).
+
+    Args:
+        path: Folder of the Chroma database (created if missing).
+
+    Returns:
+        The client.
+    """
+    return chromadb.PersistentClient(path=str(path), settings=_settings())
+
+
+def http_client(url: str, *, headers: dict[str, str] | None = None) -> ClientAPI:
+    """A client of a Chroma server (``chroma run``).
+
+    Args:
+        url: ``http://host:port`` or ``https://host:port``.
+        headers: Extra HTTP headers (authentication).
+
+    Returns:
+        The client (connecting checks the server's heartbeat).
+
+    Raises:
+        ValueError: The URL is not http(s) with a host, or no server answers there.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"Chroma URL must look like http://host:port, got {url!r}")
+    ssl = parts.scheme == "https"
+    return chromadb.HttpClient(
+        host=parts.hostname,
+        port=parts.port or (443 if ssl else 8000),
+        ssl=ssl,
+        headers=headers,
+        settings=_settings(),
+    )
+
+
+def journal_deletion(journal: Collection, ids: Sequence[str], metadatas: Sequence[Any]) -> None:
+    """Record deleted records in a deletion journal, so other processes' indexes drop them.
+
+    Args:
+        journal: The ``<collection>_journal`` collection.
+        ids: The deleted records' ids.
+        metadatas: Their metadata (``thread_id`` and ``user_id`` name the indexes).
+    """
+    by_key: dict[str, list[str]] = {}
+    for doc_id, meta in zip(ids, metadatas, strict=True):
+        meta = meta or {}
+        for key in (f"thread:{meta.get('thread_id')}", f"user:{meta.get('user_id')}"):
+            by_key.setdefault(key, []).append(doc_id)
+    if not by_key:
+        return
+    now = time.time()
+    keys = sorted(by_key)
+    journal.upsert(
+        ids=[f"{key}:{uuid.uuid4().hex}" for key in keys],
+        embeddings=np.ones((len(keys), 1), dtype=np.float32),
+        metadatas=[{"key": key, "at": now, "ids": json.dumps(by_key[key])} for key in keys],
+    )
+    journal.delete(where=cast(Where, {"at": {"$lt": now - _JOURNAL_KEEP_S}}))
 
 
 def _all_of(conditions: list[Where]) -> Where:
@@ -288,10 +364,10 @@ class ChromaMemory:
                 f"embedder makes {dimension}; use the same embedder or another collection"
             )
         self._tombstones: Collection = client.get_or_create_collection(
-            f"{collection}_deleted", embedding_function=None
+            f"{collection}{TOMBSTONES_SUFFIX}", embedding_function=None
         )
         self._journal: Collection = client.get_or_create_collection(
-            f"{collection}_journal", embedding_function=None
+            f"{collection}{JOURNAL_SUFFIX}", embedding_function=None
         )
         self._indexes: OrderedDict[str, _FilterIndex] = OrderedDict()
         self._indexes_lock = threading.Lock()
@@ -313,8 +389,7 @@ class ChromaMemory:
         Returns:
             The store.
         """
-        client = chromadb.PersistentClient(path=str(path), settings=_settings())
-        memory = cls(client, embedder, **options)
+        memory = cls(local_client(path), embedder, **options)
         memory._local_folder = Path(path)
         return memory
 
@@ -341,18 +416,7 @@ class ChromaMemory:
         Raises:
             ValueError: The URL is not http(s) with a host.
         """
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"Chroma URL must look like http://host:port, got {url!r}")
-        ssl = parts.scheme == "https"
-        client = chromadb.HttpClient(
-            host=parts.hostname,
-            port=parts.port or (443 if ssl else 8000),
-            ssl=ssl,
-            headers=headers,
-            settings=_settings(),
-        )
-        return cls(client, embedder, **options)
+        return cls(http_client(url, headers=headers), embedder, **options)
 
     @classmethod
     def ephemeral(
@@ -574,19 +638,7 @@ class ChromaMemory:
                 return 0
 
     def _journal_deletion(self, ids: Sequence[str], metadatas: Sequence[Any]) -> None:
-        by_key: dict[str, list[str]] = {}
-        for doc_id, meta in zip(ids, metadatas, strict=True):
-            meta = meta or {}
-            for key in (f"thread:{meta.get('thread_id')}", f"user:{meta.get('user_id')}"):
-                by_key.setdefault(key, []).append(doc_id)
-        now = time.time()
-        keys = sorted(by_key)
-        self._journal.upsert(
-            ids=[f"{key}:{uuid.uuid4().hex}" for key in keys],
-            embeddings=np.ones((len(keys), 1), dtype=np.float32),
-            metadatas=[{"key": key, "at": now, "ids": json.dumps(by_key[key])} for key in keys],
-        )
-        self._journal.delete(where=cast(Where, {"at": {"$lt": now - _JOURNAL_KEEP_S}}))
+        journal_deletion(self._journal, ids, metadatas)
 
     def _deleted(self, threads: Sequence[str]) -> set[str]:
         return set(self._tombstones.get(ids=list(threads), include=[])["ids"])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.cluster import ChromaServer
 from bench.locomo import DEFAULT_DATA as LOCOMO
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ ROOT = Path(__file__).parents[2]
 _CLI = "import sys; sys.modules['tests'] = None; from api.cli import main; sys.exit(main())"
 
 COVERED_HERE = {
-    "chat", "serve", "replay", "state", "bench", "build-tiny-model", "sweep", "scrub",
+    "chat", "serve", "replay", "state", "bench", "build-tiny-model", "sweep", "scrub", "migrate",
 }  # fmt: skip
 
 
@@ -111,6 +112,37 @@ def test_documented_commands_run_from_a_clone(tmp_path: Path, isolated_data_dir:
     assert done.returncode == 0, done.stderr
     assert "prompt_tokens" in done.stdout
     assert out.is_file() and out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.postgres
+def test_migrate_moves_a_data_dir_to_postgres_and_a_chroma_server(
+    tmp_path: Path, isolated_data_dir: Path, postgres_db: str
+) -> None:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    transcript = tmp_path / "turns.json"
+    transcript.write_text(json.dumps(["Hi, my name is Ada Lovelace.", "My order is #A1001."]))
+    done = steadychat("replay", str(transcript), "--thread", "t1", "--model", "tiny", cwd=work)
+    assert done.returncode == 0, done.stderr
+    data = str(isolated_data_dir)
+    with ChromaServer(tmp_path / "chroma").running() as chroma:
+        target = ["--to-checkpointer-url", postgres_db, "--to-chroma-url", chroma.url]
+        done = steadychat("migrate", "--from", data, "--dry-run", cwd=work)
+        assert done.returncode == 0, done.stderr
+        assert "threads: 1 (1 live, 0 deleted)" in done.stdout
+        assert "dry run: nothing was written" in done.stdout
+        done = steadychat("migrate", "--from", data, *target, cwd=work)
+        assert done.returncode == 0, done.stderr
+        assert "copied: 1 thread(s)" in done.stdout and "verified" in done.stdout
+        # The thread now reads from the target.
+        served_there = {
+            "STEADYCHAT_CHECKPOINTER_URL": postgres_db,
+            "STEADYCHAT_CHROMA_URL": chroma.url,
+            "STEADYCHAT_DATA_DIR": str(tmp_path / "elsewhere"),
+        }
+        done = steadychat("state", "t1", cwd=work, env=served_there)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["slots"]["name"]["value"] == "Ada Lovelace"
 
 
 def test_bench_locomo_finds_the_data_of_a_clone_or_asks_for_it(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -170,6 +171,40 @@ async def test_unknown_thread_and_bad_input_raise_clear_errors(registry: ThreadR
         await registry.list(limit=-1)
     with pytest.raises(ValueError, match="offset"):
         await registry.list(offset=-5)
+
+
+async def test_records_copy_into_another_registry_exactly(
+    registry: ThreadRegistry, tmp_path: Path
+) -> None:
+    await registry.create("b-live", owner="acme", title="Order", metadata={"tier": 2})
+    await registry.touch("b-live", turns=3)
+    await registry.create("a-gone", owner="acme", title="secret")
+    await registry.mark_deleted("a-gone")
+    await registry.mark_deleted("c-never")  # a tombstone with the empty owner
+    for i in range(5):
+        await registry.create(f"page-{i}", owner="o")
+    copied = [r async for r in registry.records(batch=2)]
+    assert [r.thread_id for r in copied] == sorted(r.thread_id for r in copied)
+    assert len(copied) == 8 and len({r.thread_id for r in copied}) == 8
+    async with open_thread_registry(f"sqlite:///{tmp_path}/copy.db") as other:
+        for record in copied:
+            assert await other.put_record(record) is True
+        assert [r async for r in other.records()] == copied
+        # Written as they are: dates, turns and tombstones are not stamped again.
+        live = await other.get("b-live")
+        assert live is not None and live == await registry.get("b-live") and live.turns == 3
+        assert await other.get("a-gone") is None and await other.is_deleted("a-gone")
+        gone = await other.read("a-gone")
+        assert gone is not None and gone.title is None and gone.owner == "acme"
+        # Writing the same record again changes nothing; another version overwrites.
+        assert await other.put_record(live) is False
+        renamed = replace(live, title="Renamed")
+        assert await other.put_record(renamed) is True
+        assert await other.get("b-live") == renamed
+        with pytest.raises(ValueError, match="owner"):
+            await other.put_record(replace(live, owner=""))
+        with pytest.raises(ValueError, match="timezone"):
+            await other.put_record(replace(live, created_at=datetime(2026, 1, 1)))
 
 
 async def test_clock_is_stored_in_utc_and_never_ties(store_url: str) -> None:
