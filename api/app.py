@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from api.allocator import HeapTrimmer
 from api.auth import KeyRing
 from api.deps import ApiConfig
 from api.errors import BodyLimitMiddleware, CatchAllMiddleware, register_error_handlers
@@ -142,14 +143,20 @@ def create_app(service: ChatService | None = None, *, settings: Settings | None 
         from graph.compose import open_service
 
         logger.info("opening the chat service")
+        trimmer = (
+            HeapTrimmer(settings.malloc_trim_seconds) if settings.malloc_trim_seconds else None
+        )
         async with open_service(settings) as opened:
             app.state.service = opened
             # On PostgreSQL, Idempotency-Keys hold across every process of the deployment.
             app.state.idempotency.shared = opened.keys
+            app.state.trimmer = trimmer.start() if trimmer else None
             logger.info("chat service ready")
             try:
                 yield
             finally:
+                if trimmer is not None:
+                    trimmer.stop()
                 app.state.service = None
                 logger.info("closing the chat service")
 

@@ -10,6 +10,7 @@ import contextlib
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -144,6 +145,8 @@ def start_api(
     # ``bench.memtrace`` runs the same CLI with tracemalloc snapshots (``bench load --memtrace``).
     launcher = "bench.memtrace" if full.get("STEADYCHAT_MEMTRACE_DIR") else "api.cli"
     command = [sys.executable, "-m", launcher, "serve", "--model", model]
+    # A native profiler in front, e.g. "heaptrack -o DIR/api1" (``bench load --process-env``).
+    command = shlex.split(full.get("STEADYCHAT_BENCH_COMMAND_PREFIX", "")) + command
     command += ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -159,10 +162,22 @@ def wait_ready(api: ApiProcess, timeout_s: float = 240.0) -> None:
 
 @contextlib.contextmanager
 def api_processes(
-    folder: Path, count: int, *, env: Mapping[str, str], model: str = "tiny"
+    folder: Path,
+    count: int,
+    *,
+    env: Mapping[str, str],
+    model: str = "tiny",
+    extra: Mapping[int, Mapping[str, str]] | None = None,
 ) -> Iterator[list[ApiProcess]]:
-    """Start ``count`` API processes on the same settings, wait for all, stop them at exit."""
-    started = [start_api(f"api{i}", folder / f"api{i}", env=env, model=model) for i in range(count)]
+    """Start ``count`` API processes on the same settings, wait for all, stop them at exit.
+
+    ``extra`` adds settings to some processes by index (an A/B comparison within one run).
+    """
+    extra = extra or {}
+    started = [
+        start_api(f"api{i}", folder / f"api{i}", env={**env, **extra.get(i, {})}, model=model)
+        for i in range(count)
+    ]
     try:
         for api in started:
             wait_ready(api)

@@ -273,6 +273,7 @@ def _summary(
             "model": args.model,
             "embedder": args.embedder,
             "max_new_tokens": args.max_new_tokens,
+            "process_env": args.process_env,
         },
         "requests": report.requests,
         "ok": report.ok,
@@ -314,6 +315,19 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="trace each process's Python allocations (slower) and write what grew to --out",
     )
+    parser.add_argument(
+        "--memtrace-frames",
+        type=int,
+        default=12,
+        help="call-stack depth of --memtrace; 0 samples only the counters, at full speed",
+    )
+    parser.add_argument(
+        "--process-env",
+        action="append",
+        default=[],
+        metavar="INDEX:KEY=VALUE",
+        help="a setting for one process only, e.g. 1:STEADYCHAT_ENGINE=serial (A/B in one run)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results/load", help="folder for JSON and PNG")
 
@@ -341,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.memtrace:
                 env["STEADYCHAT_MEMTRACE_DIR"] = str(folder / "memtrace")
                 env["STEADYCHAT_MEMTRACE_EVERY"] = str(max(args.sample_every, 30.0))
-            with api_processes(folder, args.processes, env=env, model=args.model) as apis:
+                env["STEADYCHAT_MEMTRACE_FRAMES"] = str(args.memtrace_frames)
+            extra = _process_env(args.process_env, args.processes, parser)
+            with api_processes(
+                folder, args.processes, env=env, model=args.model, extra=extra
+            ) as apis:
                 result = asyncio.run(_drive(args, apis))
             if args.memtrace:
                 _memtrace_reports(folder / "memtrace", Path(args.out), args.warmup)
@@ -351,6 +369,19 @@ def main(argv: list[str] | None = None) -> int:
     json.dump(summary, sys.stdout, indent=2)
     print()
     return 0
+
+
+def _process_env(
+    items: list[str], processes: int, parser: argparse.ArgumentParser
+) -> dict[int, dict[str, str]]:
+    extra: dict[int, dict[str, str]] = {}
+    for item in items:
+        index, _, setting = item.partition(":")
+        key, equals, value = setting.partition("=")
+        if not index.isdigit() or int(index) >= processes or not key or not equals:
+            parser.error(f"--process-env {item!r}: expected INDEX:KEY=VALUE, INDEX < {processes}")
+        extra.setdefault(int(index), {})[key] = value
+    return extra
 
 
 def _memtrace_reports(folder: Path, out: Path, warmup_s: float) -> None:

@@ -15,6 +15,8 @@ traced bytes points at native memory (the allocator's arenas, torch, Chroma's Ru
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import json
 import os
@@ -52,12 +54,47 @@ def _cache_sizes() -> dict[str, int]:
     return sizes
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _malloc_kib() -> dict[str, int]:
+    """glibc's own account: bytes in use, free inside its arenas, and in mmapped blocks."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return {
+        "in_use_kib": info.uordblks // 1024,
+        "free_in_arenas_kib": info.fordblks // 1024,
+        "mmapped_kib": info.hblkhd // 1024,
+    }
+
+
 def _counters(started: float) -> dict[str, Any]:
     by_type: Counter[str] = Counter(type(o).__name__ for o in gc.get_objects())
     current, peak = tracemalloc.get_traced_memory()
     return {
         "t": round(time.monotonic() - started, 1),
         "rss_kib": _rss_kib(),
+        "malloc": _malloc_kib(),
         "traced_kib": current // 1024,
         "traced_peak_kib": peak // 1024,
         "gc_objects": sum(by_type.values()),
@@ -83,35 +120,38 @@ def _sampler(folder: Path, every: float, port: str, frames: int) -> None:
     # Tracing starts once the service is ready: loading the model under tracemalloc takes
     # minutes, and what a soak looks for is what accumulates after start-up.
     _wait_ready(port)
-    tracemalloc.start(frames)
+    if frames > 0:  # 0: counters only, at full speed
+        tracemalloc.start(frames)
     started = time.monotonic()
     folder.mkdir(parents=True, exist_ok=True)
     while True:
         time.sleep(every)
         row = _counters(started)
-        tracemalloc.take_snapshot().dump(str(folder / f"snap-{int(row['t']):06d}.tm"))
+        if tracemalloc.is_tracing():
+            tracemalloc.take_snapshot().dump(str(folder / f"snap-{int(row['t']):06d}.tm"))
         with (folder / "counters.jsonl").open("a") as out:
             out.write(json.dumps(row) + "\n")
 
 
 def report(folder: Path, warmup_s: float, top: int = 30) -> str:
     """What grew between the first snapshot after ``warmup_s`` and the last one, as text."""
-    snaps = sorted(folder.glob("snap-*.tm"))
-    after = [p for p in snaps if int(p.stem.split("-")[1]) >= warmup_s]
-    if len(after) < 2:
-        return f"{folder}: fewer than two snapshots after warm-up\n"
-    first, last = after[0], after[-1]
-    older = tracemalloc.Snapshot.load(str(first))
-    newer = tracemalloc.Snapshot.load(str(last))
-    lines = [f"# {folder.name}: {first.name} -> {last.name}"]
-    rows = [json.loads(line) for line in (folder / "counters.jsonl").read_text().splitlines()]
+    counters = folder / "counters.jsonl"
+    rows = (
+        [json.loads(line) for line in counters.read_text().splitlines()]
+        if counters.exists()
+        else []
+    )
     kept = [r for r in rows if r["t"] >= warmup_s]
+    if len(kept) < 2:
+        return f"{folder}: fewer than two samples after warm-up\n"
+    lines = [f"# {folder.name}: {kept[0]['t']} s -> {kept[-1]['t']} s"]
     if kept:
         a, b = kept[0], kept[-1]
         lines.append(
             f"rss {a['rss_kib']} -> {b['rss_kib']} KiB; traced {a['traced_kib']} -> "
             f"{b['traced_kib']} KiB; objects {a['gc_objects']} -> {b['gc_objects']}"
         )
+        lines.append(f"malloc: {a.get('malloc')} -> {b.get('malloc')}")
         grown = {
             k: b["top_types"].get(k, 0) - a["top_types"].get(k, 0)
             for k in set(a["top_types"]) | set(b["top_types"])
@@ -121,6 +161,13 @@ def report(folder: Path, warmup_s: float, top: int = 30) -> str:
             + ", ".join(f"{k} {v:+d}" for k, v in sorted(grown.items(), key=lambda kv: -kv[1])[:12])
         )
         lines.append(f"caches: {a['caches']} -> {b['caches']}")
+    snaps = sorted(folder.glob("snap-*.tm"))
+    after = [p for p in snaps if int(p.stem.split("-")[1]) >= warmup_s]
+    if len(after) < 2:
+        return "\n".join(lines) + "\n(no heap snapshots to compare)\n"
+    older = tracemalloc.Snapshot.load(str(after[0]))
+    newer = tracemalloc.Snapshot.load(str(after[-1]))
+    lines.append(f"snapshots: {after[0].name} -> {after[-1].name}")
     lines.append("\n## by line")
     for stat in newer.compare_to(older, "lineno")[:top]:
         lines.append(str(stat))

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     max_memories_per_thread: int | None = Field(default=None, ge=2)
     """Records a thread keeps in vector memory (about 2 per turn, plus slot facts); beyond it
     the oldest are forgotten first. Empty keeps them all."""
+    malloc_trim_seconds: float = Field(default=60.0, ge=0)
+    """How often a running service hands freed native memory back to the system (glibc's
+    ``malloc_trim``; see ``api/allocator.py``). 0 never trims."""
     engine_url: str | None = None
     """Base URL of an OpenAI-compatible inference engine (vLLM, SGLang, llama.cpp server,
     ``transformers serve``), e.g. ``http://10.0.0.5:8000/v1``. When set, replies are generated

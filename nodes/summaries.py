@@ -547,6 +547,10 @@ def _chunk_segment(chunk: SummaryChunk, language: Language) -> str:
     )
 
 
+_L2_REPLY_TOKENS = 384
+"""Tokens the model may write for the L2 fold's JSON."""
+
+
 def _model_draft(
     chat_model: BaseChatModel,
     previous: LongSummary | None,
@@ -567,12 +571,24 @@ def _model_draft(
     if pending_questions:
         parts.append(f"{labels[3]}:\n" + "\n".join(pending_questions))
     prompt = [SystemMessage(_LONG_PROMPT[language]), HumanMessage("\n\n".join(parts) + "\n\nJSON:")]
+    window = getattr(chat_model, "context_window", None)
+    if isinstance(window, int) and window > 0:
+        # A fold whose input outgrew the model's window is folded extractively: an expected
+        # outcome of a long memory on a small window, not a model failure.
+        needed = chat_model.get_num_tokens_from_messages(prompt) + _L2_REPLY_TOKENS
+        if needed > window:
+            logger.info(
+                "the L2 fold needs %d tokens and the model's window is %d; folding extractively",
+                needed,
+                window,
+            )
+            return None
     try:
         reply = chat_model.invoke(
             prompt,
             config={"tags": [TAG_NOSTREAM], "run_name": "summarize_l2"},
             profile="precise",
-            max_new_tokens=384,
+            max_new_tokens=_L2_REPLY_TOKENS,
         )
     except Exception:  # any model failure falls back to the extractive fold
         logger.warning("model L2 fold failed; folding extractively", exc_info=True)

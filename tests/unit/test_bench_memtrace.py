@@ -51,4 +51,4 @@ def test_report_names_the_line_that_grew_after_warmup(tmp_path: Path) -> None:
 
 
 def test_report_says_when_there_is_too_little_to_compare(tmp_path: Path) -> None:
-    assert "fewer than two snapshots" in report(tmp_path, warmup_s=0)
+    assert "fewer than two samples" in report(tmp_path, warmup_s=0)

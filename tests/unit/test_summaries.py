@@ -335,6 +335,22 @@ def test_model_fold_falls_back_when_the_model_raises() -> None:
     assert long["method"] == "extractive"
 
 
+def test_model_fold_that_outgrows_the_window_folds_extractively_without_asking(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = ScriptedChatModel(context_window=420).enqueue('{"topics": ["never asked"]}')
+    chunks = [_chunk(1, 4, "User: kettle broke. " + "It leaks everywhere. " * 20)]
+
+    with caplog.at_level("INFO", logger="nodes.summaries"):
+        long = fold_into_long(None, chunks, PINNED, model)
+
+    assert long["method"] == "extractive"
+    assert "kettle broke" in long["narrative"]
+    assert model.history == []  # the model never saw a prompt it could not hold
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+    assert "window is 420" in caplog.text
+
+
 def test_fold_without_chunks_is_an_error() -> None:
     with pytest.raises(ValueError, match="at least one"):
         fold_into_long(None, [], PINNED, None)
