@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import json
 import os
@@ -72,14 +73,21 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
+@functools.cache
+def _mallinfo2() -> Any:
+    try:
+        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    return mallinfo2
+
+
 def _malloc_kib() -> dict[str, int]:
     """glibc's own account: bytes in use, free inside its arenas, and in mmapped blocks."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallinfo2 = libc.mallinfo2
-    except (OSError, AttributeError):
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
         return {}
-    mallinfo2.restype = _MallInfo2
     info = mallinfo2()
     return {
         "in_use_kib": info.uordblks // 1024,
@@ -145,22 +153,21 @@ def report(folder: Path, warmup_s: float, top: int = 30) -> str:
     if len(kept) < 2:
         return f"{folder}: fewer than two samples after warm-up\n"
     lines = [f"# {folder.name}: {kept[0]['t']} s -> {kept[-1]['t']} s"]
-    if kept:
-        a, b = kept[0], kept[-1]
-        lines.append(
-            f"rss {a['rss_kib']} -> {b['rss_kib']} KiB; traced {a['traced_kib']} -> "
-            f"{b['traced_kib']} KiB; objects {a['gc_objects']} -> {b['gc_objects']}"
-        )
-        lines.append(f"malloc: {a.get('malloc')} -> {b.get('malloc')}")
-        grown = {
-            k: b["top_types"].get(k, 0) - a["top_types"].get(k, 0)
-            for k in set(a["top_types"]) | set(b["top_types"])
-        }
-        lines.append(
-            "object counts grown: "
-            + ", ".join(f"{k} {v:+d}" for k, v in sorted(grown.items(), key=lambda kv: -kv[1])[:12])
-        )
-        lines.append(f"caches: {a['caches']} -> {b['caches']}")
+    a, b = kept[0], kept[-1]
+    lines.append(
+        f"rss {a['rss_kib']} -> {b['rss_kib']} KiB; traced {a['traced_kib']} -> "
+        f"{b['traced_kib']} KiB; objects {a['gc_objects']} -> {b['gc_objects']}"
+    )
+    lines.append(f"malloc: {a.get('malloc')} -> {b.get('malloc')}")
+    grown = {
+        k: b["top_types"].get(k, 0) - a["top_types"].get(k, 0)
+        for k in set(a["top_types"]) | set(b["top_types"])
+    }
+    lines.append(
+        "object counts grown: "
+        + ", ".join(f"{k} {v:+d}" for k, v in sorted(grown.items(), key=lambda kv: -kv[1])[:12])
+    )
+    lines.append(f"caches: {a['caches']} -> {b['caches']}")
     snaps = sorted(folder.glob("snap-*.tm"))
     after = [p for p in snaps if int(p.stem.split("-")[1]) >= warmup_s]
     if len(after) < 2:
