@@ -12,6 +12,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -60,6 +61,47 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=20)
 
 
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process started in its own session together with what it started.
+
+    A profiler in front of a worker (heaptrack is a shell script) leaves the worker as its
+    child: terminating the profiler's pid alone would leave the worker running.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline and _group_alive(process):
+            time.sleep(0.1)
+        if not _group_alive(process):
+            return
+
+
+def _group_alive(process: subprocess.Popen[bytes]) -> bool:
+    process.poll()
+    try:
+        os.killpg(process.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _worker_pid(pid: int) -> int:
+    """The first Python process among ``pid`` and its descendants (``pid`` if there is none)."""
+    queue = [pid]
+    while queue:
+        current = queue.pop(0)
+        try:
+            if Path(f"/proc/{current}/comm").read_text().startswith("python"):
+                return current
+            queue += [
+                int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            ]
+        except (OSError, ValueError):
+            continue
+    return pid
+
+
 @dataclass
 class ChromaServer:
     """A ``chroma run`` process on loopback over ``path``."""
@@ -106,8 +148,8 @@ class ApiProcess:
 
     @property
     def pid(self) -> int:
-        """The process id (for its resident memory)."""
-        return self.process.pid
+        """The worker's process id (for its resident memory), below any profiler prefix."""
+        return _worker_pid(self.process.pid)
 
     def log_text(self) -> str:
         """Everything the process has logged so far."""
@@ -149,8 +191,15 @@ def start_api(
     command = shlex.split(full.get("STEADYCHAT_BENCH_COMMAND_PREFIX", "")) + command
     command += ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("w") as out:
+        # Its own session: a profiler in front (heaptrack is a shell script) is stopped with
+        # the worker it started.
         process = subprocess.Popen(
-            command, cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT
+            command,
+            cwd=ROOT,
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     return ApiProcess(name=name, url=f"http://127.0.0.1:{port}", process=process, log=log)
 
@@ -184,7 +233,7 @@ def api_processes(
         yield started
     finally:
         for api in started:
-            _stop(api.process)
+            _stop_group(api.process)
 
 
 def _postgres_bin() -> Path | None:
