@@ -182,13 +182,25 @@ _LOG_PATTERNS = {
 }
 
 
-def _growth(samples: list[dict[str, Any]], name: str, warmup_s: float) -> dict[str, Any]:
+_GROWTH_WINDOW_S = 60.0
+
+
+def _growth(
+    samples: list[dict[str, Any]], name: str, warmup_s: float, load_end: float
+) -> dict[str, Any]:
     series = [(s["t"], s[name]) for s in samples if s.get(name)]
-    after = [(t, v) for t, v in series if t >= warmup_s]
+    idle = [v for t, v in series if t > load_end]
+    after = [(t, v) for t, v in series if warmup_s <= t <= load_end]
     if len(after) < 2:
         return {"after_warmup_kib": None, "end_kib": None, "growth_pct": None}
     start, end = after[0][1], after[-1][1]
     half = after[len(after) // 2 :]
+    # RSS swings by a few percent between two samples (freed memory is handed back every
+    # minute by the trimmer), so one sample at each end can read a trough against a peak:
+    # the medians of the first and the last minute of the load are the steadier figure.
+    first = [v for t, v in after if t < after[0][0] + _GROWTH_WINDOW_S]
+    last = [v for t, v in after if t > after[-1][0] - _GROWTH_WINDOW_S]
+    first_median, last_median = statistics.median(first), statistics.median(last)
     return {
         "after_warmup_kib": start,
         "end_kib": end,
@@ -196,6 +208,11 @@ def _growth(samples: list[dict[str, Any]], name: str, warmup_s: float) -> dict[s
         "growth_pct": round(100.0 * (end - start) / start, 2),
         # Growth over the second half alone: near zero once memory has levelled off.
         "second_half_growth_pct": round(100.0 * (half[-1][1] - half[0][1]) / half[0][1], 2),
+        "first_minute_median_kib": round(first_median),
+        "last_minute_median_kib": round(last_median),
+        "median_growth_pct": round(100.0 * (last_median - first_median) / first_median, 2),
+        # After --idle-after seconds without requests, against the end of the load.
+        "after_idle_kib": idle[-1] if idle else None,
     }
 
 
@@ -238,10 +255,14 @@ async def _drive(args: argparse.Namespace, apis: list[ApiProcess]) -> dict[str, 
                 for i in range(args.clients)
             )
         )
+        # Idle: no requests, sampling goes on. Memory the load held only while it ran (the
+        # worker threads' state, in-flight turns) comes back here; a leak does not.
+        load_end = round(time.monotonic() - sampler.start_time, 1)
+        await asyncio.sleep(args.idle_after)
     finally:
         sampler.stopped.set()
         sampler.join()
-    return await asyncio.to_thread(_summary, args, apis, report, sampler.samples)
+    return await asyncio.to_thread(_summary, args, apis, report, sampler.samples, load_end)
 
 
 def _summary(
@@ -249,6 +270,7 @@ def _summary(
     apis: list[ApiProcess],
     report: LoadReport,
     samples: list[dict[str, Any]],
+    load_end: float,
 ) -> dict[str, Any]:
     logs = {api.name: api.log_text() for api in apis}
     log_counts = {
@@ -269,6 +291,7 @@ def _summary(
             "processes": args.processes,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
+            "idle_after_s": args.idle_after,
             "stream_ratio": args.stream_ratio,
             "model": args.model,
             "embedder": args.embedder,
@@ -289,7 +312,7 @@ def _summary(
         "ttft_p95_s": _quantile(ttft, 0.95),
         "reply_p50_s": statistics.median(report.reply_s) if report.reply_s else None,
         "log": log_counts,
-        "rss": {name: _growth(samples, name, args.warmup) for name in names},
+        "rss": {name: _growth(samples, name, args.warmup, load_end) for name in names},
         "rss_samples": samples,
     }
 
@@ -303,6 +326,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         "--soak", action="store_true", help="10 minutes of load (sets --duration 600)"
     )
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds before RSS counts")
+    parser.add_argument(
+        "--idle-after",
+        type=float,
+        default=0.0,
+        help="seconds to go on sampling RSS without requests after the load (held vs leaked)",
+    )
     parser.add_argument("--sample-every", type=float, default=5.0, help="RSS sampling period")
     parser.add_argument("--stream-ratio", type=float, default=0.5, help="share of streams")
     parser.add_argument("--model", default="tiny", help="--model of the API processes")

@@ -40,6 +40,44 @@ def _rss_kib() -> int:
     return 0
 
 
+def _rss_parts_kib() -> dict[str, int]:
+    """Resident memory by kind: anonymous (heaps, stacks), file-backed (mapped libraries and
+    files, which the kernel can drop and read again) and shared."""
+    parts = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile", "RssShmem"):
+            parts[key.lower()[3:] + "_kib"] = int(value.split()[0])
+    return parts
+
+
+def _native_threads() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _tensor_kib(objects: list[Any]) -> dict[str, int]:
+    """Bytes of the torch tensors Python holds, each storage counted once (native memory
+    tracemalloc does not see), and how many tensors hold them."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    storages: dict[int, int] = {}
+    tensors = 0
+    for obj in objects:
+        try:
+            if not isinstance(obj, torch.Tensor) or obj.is_meta:
+                continue
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            tensors += 1
+        except (RuntimeError, ReferenceError, NotImplementedError):
+            continue
+    return {"tensors": tensors, "tensor_kib": sum(storages.values()) // 1024}
+
+
 def _cache_sizes() -> dict[str, int]:
     """Entries held by the service's bounded caches, where they are already imported."""
     sizes: dict[str, int] = {}
@@ -97,12 +135,17 @@ def _malloc_kib() -> dict[str, int]:
 
 
 def _counters(started: float) -> dict[str, Any]:
-    by_type: Counter[str] = Counter(type(o).__name__ for o in gc.get_objects())
+    objects = gc.get_objects()
+    by_type: Counter[str] = Counter(type(o).__name__ for o in objects)
     current, peak = tracemalloc.get_traced_memory()
     return {
         "t": round(time.monotonic() - started, 1),
         "rss_kib": _rss_kib(),
+        "rss_parts": _rss_parts_kib(),
         "malloc": _malloc_kib(),
+        "native_threads": _native_threads(),
+        "python_threads": threading.active_count(),
+        **_tensor_kib(objects),
         "traced_kib": current // 1024,
         "traced_peak_kib": peak // 1024,
         "gc_objects": sum(by_type.values()),
@@ -158,7 +201,14 @@ def report(folder: Path, warmup_s: float, top: int = 30) -> str:
         f"rss {a['rss_kib']} -> {b['rss_kib']} KiB; traced {a['traced_kib']} -> "
         f"{b['traced_kib']} KiB; objects {a['gc_objects']} -> {b['gc_objects']}"
     )
+    lines.append(f"rss parts: {a.get('rss_parts')} -> {b.get('rss_parts')}")
     lines.append(f"malloc: {a.get('malloc')} -> {b.get('malloc')}")
+    lines.append(
+        f"threads (native/python): {a.get('native_threads')}/{a.get('python_threads')} -> "
+        f"{b.get('native_threads')}/{b.get('python_threads')}; torch tensors "
+        f"{a.get('tensors')} ({a.get('tensor_kib')} KiB) -> {b.get('tensors')} "
+        f"({b.get('tensor_kib')} KiB)"
+    )
     grown = {
         k: b["top_types"].get(k, 0) - a["top_types"].get(k, 0)
         for k in set(a["top_types"]) | set(b["top_types"])

@@ -89,3 +89,40 @@ def test_memoized_ids_are_the_tokenizers_own(tiny_model_path: Path) -> None:
             )
             expected = tokenizer(text, add_special_tokens=False)["input_ids"]
             assert memo.token_ids(text) == expected
+
+
+def test_the_memo_holds_a_bounded_number_of_tokens_however_long_the_pieces(
+    tiny_model_path: Path,
+) -> None:
+    """A long-running worker sees a new, longer system message every turn; the memo's memory
+    stays within its token bound instead of growing with the pieces."""
+    import threading
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    memo = TokenMemo(tokenizer, threading.RLock(), max_pieces=1000, max_tokens=1200)
+    notes: list[str] = []
+    for turn in range(60):
+        notes.append(f"- note {turn}: the parcel for order {7000 + turn} went to depot {turn % 7}")
+        messages = [
+            {"role": "system", "content": "Be brief.\n\n# Notes\n" + "\n".join(notes)},
+            {"role": "user", "content": f"where is order {7000 + turn}?"},
+        ]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert memo.token_ids(text) == tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert memo.tokens <= 1200
+    # The system message alone passed 1200 tokens late in the thread: too long to keep, it is
+    # tokenized each time, and the short pieces are still memoized.
+    assert len(tokenizer("\n".join(notes))["input_ids"]) > 1200
+    assert 0 < memo.pieces < 1000
+    short = "user\nwhere is order 7059?"
+    assert memo.token_ids(short) == tokenizer(short, add_special_tokens=False)["input_ids"]
+
+
+def test_a_memo_with_no_room_is_refused(tiny_model_path: Path) -> None:
+    import threading
+
+    import pytest
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    with pytest.raises(ValueError, match="room"):
+        TokenMemo(tokenizer, threading.RLock(), max_tokens=0)

@@ -52,3 +52,15 @@ def test_report_names_the_line_that_grew_after_warmup(tmp_path: Path) -> None:
 
 def test_report_says_when_there_is_too_little_to_compare(tmp_path: Path) -> None:
     assert "fewer than two samples" in report(tmp_path, warmup_s=0)
+
+
+def test_tensor_bytes_count_each_storage_once() -> None:
+    import torch
+
+    from bench.memtrace import _tensor_kib
+
+    weights = torch.zeros(256, 1024)  # 1 MiB of float32
+    view = weights[:10]  # shares the storage: no new memory
+    other = torch.zeros(128, 1024)  # 0.5 MiB more
+    counted = _tensor_kib([weights, view, other, "not a tensor"])
+    assert counted == {"tensors": 3, "tensor_kib": 1536}
