@@ -8,6 +8,16 @@ turns stays resident, scattered between live blocks where the arena's top cannot
 calls it every ``interval`` seconds on a daemon thread, never on the event loop; it takes
 milliseconds and blocks only other allocations for that time. On a C library without
 ``malloc_trim`` (musl, macOS) it does nothing.
+
+Trimming cannot return a page that still holds one live block, and a worker's large
+temporaries (a prompt's activations, a tokenizer's buffers: hundreds of kilobytes to tens of
+megabytes) land inside the arenas once glibc's mmap threshold has risen: glibc raises it to
+the size of each large block freed, up to 32 MiB, so after the first long prompts such blocks
+no longer get pages of their own. ``set_mmap_threshold`` fixes the threshold (``mallopt``
+``M_MMAP_THRESHOLD``, which also stops the raising): every block above it is mapped on its own
+and unmapped when freed. Measured under ``steadychat bench load --soak`` this kept the free
+memory in the arenas at about 12 MB instead of growing to 120 MB; its speed cost is measured by
+``steadychat bench allocator``.
 """
 
 from __future__ import annotations
@@ -15,10 +25,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 from collections.abc import Callable
 
-__all__ = ["HeapTrimmer", "malloc_trim"]
+__all__ = ["HeapTrimmer", "malloc_trim", "set_mmap_threshold"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +49,46 @@ def _load_trim() -> Callable[[int], int] | None:
 
 
 _TRIM = _load_trim()
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
+def _load_mallopt() -> Callable[[int, int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return mallopt
+
+
+_MALLOPT = _load_mallopt() if _TRIM is not None else None  # glibc only: musl ignores it
+
+
+def set_mmap_threshold(size: int) -> bool:
+    """Map every allocation of ``size`` bytes or more on its own pages (glibc ``mallopt``).
+
+    ``MALLOC_MMAP_THRESHOLD_`` in the environment wins: a deployment that tunes glibc itself
+    is left as it is.
+
+    Args:
+        size: The threshold in bytes (glibc accepts up to 32 MiB on 64-bit systems).
+
+    Returns:
+        Whether the threshold was set (False on another C library, or when the environment
+        sets it).
+
+    Raises:
+        ValueError: ``size`` is not between 1 and 32 MiB.
+    """
+    if not 0 < size <= 32 * 1024 * 1024:
+        raise ValueError(f"mmap threshold must be 1 byte to 32 MiB, got {size!r}")
+    if _MALLOPT is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    return bool(_MALLOPT(_M_MMAP_THRESHOLD, size))
 
 
 def malloc_trim() -> bool:

@@ -513,7 +513,16 @@ def state_command(args: argparse.Namespace) -> int:
 def _bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "name",
-        choices=["locomo", "long-conversation", "memory", "engine", "framework", "load", "planted"],
+        choices=[
+            "locomo",
+            "long-conversation",
+            "memory",
+            "engine",
+            "framework",
+            "load",
+            "planted",
+            "allocator",
+        ],
         help="which benchmark",
     )
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
@@ -536,6 +545,8 @@ def bench_command(args: argparse.Namespace) -> int:
         from bench import framework as module  # type: ignore[no-redef]
     elif args.name == "load":
         from bench import load as module  # type: ignore[no-redef]
+    elif args.name == "allocator":
+        from bench import allocator as module  # type: ignore[no-redef]
     else:
         from bench import long_conversation as module  # type: ignore[no-redef]
     result = module.main(args.rest)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from api.allocator import set_mmap_threshold
 from api.app import create_app
 from api.logging import configure_logging
 
@@ -48,6 +49,10 @@ def serve(settings: Settings) -> None:
     Args:
         settings: The service settings (host and port default to 127.0.0.1:8000).
     """
+    if settings.malloc_mmap_threshold_kib:
+        # Before the model loads: the whole process, its worker threads included, allocates
+        # under one threshold (see api/allocator.py).
+        set_mmap_threshold(settings.malloc_mmap_threshold_kib * 1024)
     server = build_server(settings)
     # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal; by then the service
     # is closed, so the KeyboardInterrupt only needs to end the process quietly.

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     malloc_trim_seconds: float = Field(default=60.0, ge=0)
     """How often a running service hands freed native memory back to the system (glibc's
     ``malloc_trim``; see ``api/allocator.py``). 0 never trims."""
+    malloc_mmap_threshold_kib: int = Field(default=4096, ge=0, le=32768)
+    """Native allocations of this many KiB or more get pages of their own, handed back to the
+    system when freed (glibc's ``M_MMAP_THRESHOLD``; see ``api/allocator.py``). 0 leaves glibc's
+    own threshold, which rises with the large blocks a long-running worker frees."""
     engine_url: str | None = None
     """Base URL of an OpenAI-compatible inference engine (vLLM, SGLang, llama.cpp server,
     ``transformers serve``), e.g. ``http://10.0.0.5:8000/v1``. When set, replies are generated

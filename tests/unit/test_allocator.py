@@ -64,3 +64,56 @@ def test_the_trimmer_trims_every_interval_until_stopped() -> None:
 def test_the_trimmer_refuses_a_non_positive_interval() -> None:
     with pytest.raises(ValueError, match="positive"):
         HeapTrimmer(0)
+
+
+_BLOCK_SCRIPT = """
+import ctypes, ctypes.util, sys
+from api.allocator import set_mmap_threshold
+from bench.memtrace import _mallinfo2
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "fixed":
+    print(set_mmap_threshold(4 << 20))
+libc.free(libc.malloc(16 << 20))  # freeing a large block raises glibc's own threshold
+before = _mallinfo2()().hblks
+block = libc.malloc(8 << 20)
+print(_mallinfo2()().hblks - before)  # 1: the block has pages of its own
+"""
+
+
+def _own_pages(arm: str, env: dict[str, str] | None = None) -> list[str]:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _BLOCK_SCRIPT, arm],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    return done.stdout.split()
+
+
+@pytest.mark.skipif(not HeapTrimmer(1).supported, reason="mallopt thresholds are glibc's")
+def test_a_fixed_threshold_keeps_large_blocks_out_of_the_arena() -> None:
+    # glibc's own rule: after a 16 MiB block is freed, an 8 MiB block comes from the arena,
+    # where a page still holding it cannot go back to the system.
+    assert _own_pages("default") == ["0"]
+    # Fixed at 4 MiB, it is mapped on its own, and unmapped when freed.
+    assert _own_pages("fixed") == ["True", "1"]
+    # A deployment that tunes glibc through its environment is left as it is.
+    assert _own_pages("fixed", {"MALLOC_MMAP_THRESHOLD_": str(32 << 20)}) == ["False", "0"]
+
+
+def test_an_impossible_threshold_is_refused() -> None:
+    from api.allocator import set_mmap_threshold
+
+    with pytest.raises(ValueError, match="32 MiB"):
+        set_mmap_threshold(0)
+    with pytest.raises(ValueError, match="32 MiB"):
+        set_mmap_threshold(64 << 20)
