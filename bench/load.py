@@ -216,7 +216,9 @@ def _growth(
     }
 
 
-def _plot(samples: list[dict[str, Any]], names: list[str], warmup_s: float, path: Path) -> None:
+def _plot(
+    samples: list[dict[str, Any]], names: list[str], warmup_s: float, load_end: float, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,6 +229,8 @@ def _plot(samples: list[dict[str, Any]], names: list[str], warmup_s: float, path
         points = [(s["t"], s[name] / 1024) for s in samples if s.get(name)]
         ax.plot([p[0] for p in points], [p[1] for p in points], label=name)
     ax.axvline(warmup_s, color="grey", linestyle="--", label="end of warm-up")
+    if any(s["t"] > load_end for s in samples):
+        ax.axvline(load_end, color="grey", linestyle=":", label="end of load (idle after)")
     ax.set_xlabel("seconds")
     ax.set_ylabel("resident memory (MiB)")
     ax.set_title("API processes under load")
@@ -282,7 +286,7 @@ def _summary(
     out.mkdir(parents=True, exist_ok=True)
     for name, text in logs.items():  # kept for reading what the counts above counted
         (out / f"{name}.log").write_text(text)
-    _plot(samples, names, args.warmup, out / "load_rss.png")
+    _plot(samples, names, args.warmup, load_end, out / "load_rss.png")
     ttft = report.ttft_s
     return {
         "config": {
@@ -312,6 +316,7 @@ def _summary(
         "ttft_p95_s": _quantile(ttft, 0.95),
         "reply_p50_s": statistics.median(report.reply_s) if report.reply_s else None,
         "log": log_counts,
+        "load_end_s": load_end,
         "rss": {name: _growth(samples, name, args.warmup, load_end) for name in names},
         "rss_samples": samples,
     }

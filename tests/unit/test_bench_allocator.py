@@ -14,10 +14,8 @@ from bench.allocator import run
 @pytest.mark.skipif(not HeapTrimmer(1).supported, reason="mallopt thresholds are glibc's")
 def test_the_benchmark_times_both_arms_on_the_same_prompts(tmp_path: Path) -> None:
     out = tmp_path / "allocator.json"
-    results = run(
-        ["--rounds", "2", "--prompt-tokens", "120", "--tokens", "2", "--models", str(tmp_path)]
-        + ["--json", str(out)]
-    )
+    arguments = ["--rounds", "2", "--prompt-tokens", "120", "--tokens", "2"]
+    results = run([*arguments, "--models", str(tmp_path), "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     assert set(results["median_round_s"]) == {"risen", "fixed"}
     assert all(s > 0 for s in results["median_round_s"].values())
