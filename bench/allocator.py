@@ -22,8 +22,6 @@ each arm and their ratio (fixed / risen; goal <= 1.05).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import statistics
 import tempfile
@@ -31,23 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from api.allocator import set_mmap_threshold
 from bench.engine import build_models, load
 from bench.fakes import sentence
 from graph.settings import Settings
 
 GOAL_RATIO = 1.05
 _RISEN = 32 * 1024 * 1024
-_M_MMAP_THRESHOLD = -3
-
-
-def _mallopt() -> Any:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        raise SystemExit("this C library has no mallopt: the benchmark needs glibc")
-    mallopt = ctypes.CDLL(name).mallopt
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt
 
 
 def _prompt(tokenizer: Any, tokens: int, seed: int) -> str:
@@ -77,7 +65,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     from langchain_core.messages import HumanMessage
 
-    mallopt = _mallopt()
+    if not set_mmap_threshold(_RISEN):
+        raise SystemExit(
+            "the mmap threshold cannot be set here: the benchmark needs glibc, and no "
+            "MALLOC_MMAP_THRESHOLD_ in the environment"
+        )
     folder = args.models or Path(tempfile.mkdtemp(prefix="steadychat-bench-"))
     _, medium = build_models(folder)
     model = load(medium, "serial", max_tokens=args.tokens)
@@ -93,7 +85,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     for round_ in range(args.rounds):
         order = list(arms) if round_ % 2 == 0 else list(reversed(arms))
         for name in order:
-            mallopt(_M_MMAP_THRESHOLD, arms[name])
+            set_mmap_threshold(arms[name])
             start = time.perf_counter()
             for prompt in prompts:
                 model.invoke([HumanMessage(prompt)])
