@@ -28,44 +28,31 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["HeapTrimmer", "malloc_trim", "set_mmap_threshold"]
 
 logger = logging.getLogger(__name__)
 
 
-def _load_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
+def _libc_function(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
+    """``name`` from the C library, returning an int; None where it has no such function."""
+    library = ctypes.util.find_library("c")
+    if library is None:
         return None
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
+        function = getattr(ctypes.CDLL(library), name)
     except (OSError, AttributeError):
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
 
 
-_TRIM = _load_trim()
+_TRIM = _libc_function("malloc_trim", [ctypes.c_size_t])
+# glibc only (musl has a mallopt that ignores it): taken where glibc's malloc_trim is.
+_MALLOPT = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int]) if _TRIM else None
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
-
-
-def _load_mallopt() -> Callable[[int, int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt
-
-
-_MALLOPT = _load_mallopt() if _TRIM is not None else None  # glibc only: musl ignores it
 
 
 def set_mmap_threshold(size: int) -> bool:

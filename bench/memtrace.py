@@ -33,29 +33,25 @@ from typing import Any
 __all__ = ["report"]
 
 
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _rss_parts_kib() -> dict[str, int]:
-    """Resident memory by kind: anonymous (heaps, stacks), file-backed (mapped libraries and
-    files, which the kernel can drop and read again) and shared."""
-    parts = {}
+def _status() -> dict[str, int]:
+    """The numeric fields of ``/proc/self/status`` (sizes in KiB), read once per sample."""
+    fields: dict[str, int] = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("RssAnon", "RssFile", "RssShmem"):
-            parts[key.lower()[3:] + "_kib"] = int(value.split()[0])
-    return parts
+        words = value.split()
+        if words and words[0].isdigit():
+            fields[key] = int(words[0])
+    return fields
 
 
-def _native_threads() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    return 0
+def _rss_parts_kib(status: dict[str, int]) -> dict[str, int]:
+    """Resident memory by kind: anonymous (heaps, stacks), file-backed (mapped libraries and
+    files, which the kernel can drop and read again) and shared."""
+    return {
+        key.lower()[3:] + "_kib": status[key]
+        for key in ("RssAnon", "RssFile", "RssShmem")
+        if key in status
+    }
 
 
 def _tensor_kib(objects: list[Any]) -> dict[str, int]:
@@ -138,12 +134,13 @@ def _counters(started: float) -> dict[str, Any]:
     objects = gc.get_objects()
     by_type: Counter[str] = Counter(type(o).__name__ for o in objects)
     current, peak = tracemalloc.get_traced_memory()
+    status = _status()
     return {
         "t": round(time.monotonic() - started, 1),
-        "rss_kib": _rss_kib(),
-        "rss_parts": _rss_parts_kib(),
+        "rss_kib": status.get("VmRSS", 0),
+        "rss_parts": _rss_parts_kib(status),
         "malloc": _malloc_kib(),
-        "native_threads": _native_threads(),
+        "native_threads": status.get("Threads", 0),
         "python_threads": threading.active_count(),
         **_tensor_kib(objects),
         "traced_kib": current // 1024,
